@@ -1,0 +1,1 @@
+"""The pure domain core: imports only the standard library."""
