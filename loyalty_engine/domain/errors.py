@@ -37,7 +37,9 @@ class InvalidArgument(DomainError):
     violations: list[FieldViolation] = field(default_factory=list)
 
     @classmethod
-    def for_field(cls, field_path: str, description: str, reason: str = "INVALID_FIELD") -> InvalidArgument:
+    def for_field(
+        cls, field_path: str, description: str, reason: str = "INVALID_FIELD"
+    ) -> InvalidArgument:
         """An error about a single field."""
         return cls(
             reason=reason,
@@ -108,3 +110,12 @@ class ViolationCollector:
             metadata={"field": first.field},
             violations=list(self.violations),
         )
+
+
+class Unimplemented(DomainError):
+    """The RPC is part of the contract but not built yet."""
+
+    @classmethod
+    def for_issue(cls, feature: str, issue: int) -> Unimplemented:
+        """The error for a feature that lands with a later issue."""
+        return cls("NOT_IMPLEMENTED", f"{feature} are not implemented yet (issue #{issue})")

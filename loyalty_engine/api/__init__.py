@@ -1,0 +1,1 @@
+"""The gRPC layer: server, servicers, converters, and the one error mapping."""

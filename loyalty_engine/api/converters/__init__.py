@@ -1,0 +1,1 @@
+"""Converters between protobuf messages and domain values, one module per message family."""

@@ -1,0 +1,101 @@
+"""The grpc.aio server: servicers, health, reflection and graceful shutdown."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import signal
+from dataclasses import dataclass
+
+import grpc
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection
+
+from loyalty_engine.api.servicers.members import MemberServicer
+from loyalty_engine.api.servicers.points import PointsServicer
+from loyalty_engine.api.servicers.programs import ProgramServicer
+from loyalty_engine.api.servicers.unimplemented import PENDING_SERVICES, pending_handlers
+from loyalty_engine.bootstrap import App
+from loyalty_engine.gen.loyalty.v1 import (
+    member_service_pb2,
+    member_service_pb2_grpc,
+    points_service_pb2,
+    points_service_pb2_grpc,
+    program_service_pb2,
+    program_service_pb2_grpc,
+)
+
+log = logging.getLogger(__name__)
+
+SERVICE_NAMES = (
+    program_service_pb2.DESCRIPTOR.services_by_name["ProgramService"].full_name,
+    member_service_pb2.DESCRIPTOR.services_by_name["MemberService"].full_name,
+    points_service_pb2.DESCRIPTOR.services_by_name["PointsService"].full_name,
+    *PENDING_SERVICES,
+)
+
+
+@dataclass
+class RunningServer:
+    """A started server and the port it listens on."""
+
+    server: grpc.aio.Server
+    port: int
+    health: health.aio.HealthServicer
+
+    async def stop(self, grace: float) -> None:
+        """Stop taking calls, report NOT_SERVING, let in-flight calls finish within `grace`."""
+        await self.health.enter_graceful_shutdown()
+        await self.server.stop(grace)
+
+
+async def start_server(app: App, address: str | None = None) -> RunningServer:
+    """Build and start the server on `address` (port 0 picks a free port)."""
+    server = grpc.aio.server(
+        options=[
+            ("grpc.max_receive_message_length", 4 * 1024 * 1024),
+            ("grpc.max_send_message_length", 16 * 1024 * 1024),
+            ("grpc.so_reuseport", 0),
+        ]
+    )
+    program_service_pb2_grpc.add_ProgramServiceServicer_to_server(ProgramServicer(app), server)
+    member_service_pb2_grpc.add_MemberServiceServicer_to_server(MemberServicer(app), server)
+    points_service_pb2_grpc.add_PointsServiceServicer_to_server(PointsServicer(app), server)
+    server.add_generic_rpc_handlers(tuple(pending_handlers()))
+
+    health_servicer = health.aio.HealthServicer()
+    health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
+    reflection.enable_server_reflection(
+        (
+            *SERVICE_NAMES,
+            health_pb2.DESCRIPTOR.services_by_name["Health"].full_name,
+            reflection.SERVICE_NAME,
+        ),
+        server,
+    )
+    port = server.add_insecure_port(address or app.settings.listen_address)
+    if port == 0:
+        raise OSError(f"cannot listen on {address or app.settings.listen_address}")
+    await server.start()
+    for name in ("", *SERVICE_NAMES):
+        await health_servicer.set(name, health_pb2.HealthCheckResponse.SERVING)
+    return RunningServer(server, port, health_servicer)
+
+
+async def serve_until_signalled(
+    app: App, running: RunningServer, background: list[asyncio.Task[None]]
+) -> None:
+    """Serve until SIGTERM or SIGINT, then shut down gracefully."""
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    await stop.wait()
+    log.info(
+        "shutting down: finishing in-flight calls for up to %.1fs",
+        app.settings.grace_period_seconds,
+    )
+    for task in background:
+        task.cancel()
+    await running.stop(app.settings.grace_period_seconds)
+    await asyncio.gather(*background, return_exceptions=True)

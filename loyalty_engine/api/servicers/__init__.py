@@ -1,0 +1,1 @@
+"""Thin servicers: convert the request, call the service, convert the result."""

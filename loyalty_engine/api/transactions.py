@@ -1,0 +1,127 @@
+"""Running a request in a transaction: exactly-once for writes, with retries on conflicts.
+
+Exactly-once: the request id is claimed in the same transaction as the request's effects,
+and the response is stored beside it. A retry with the same id and the same request gets
+the stored response; the same id with a different request is REQUEST_ID_REUSED. Errors
+are not stored: the transaction rolls back, nothing is written, and a retry runs afresh.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import random
+from collections.abc import Awaitable, Callable
+from typing import TypeVar
+
+from google.protobuf.message import Message
+from sqlalchemy import exc as sa_exc
+
+from loyalty_engine.bootstrap import App
+from loyalty_engine.domain.errors import Aborted, InvalidArgument
+from loyalty_engine.storage.unit_of_work import UnitOfWork
+
+R = TypeVar("R")
+M = TypeVar("M", bound=Message)
+
+MAX_ATTEMPTS = 5
+MAX_REQUEST_ID = 128
+# PostgreSQL: serialization failure, deadlock, unique violation raced past ON CONFLICT.
+_RETRY_SQLSTATES = {"40001", "40P01"}
+
+
+def _is_transient_conflict(exc: BaseException) -> bool:
+    if not isinstance(exc, sa_exc.DBAPIError):
+        return False
+    orig = exc.orig
+    code = getattr(orig, "sqlstate", None) or getattr(orig, "pgcode", None)
+    if code in _RETRY_SQLSTATES:
+        return True
+    return "database is locked" in str(orig)
+
+
+async def _backoff(attempt: int) -> None:
+    await asyncio.sleep(random.uniform(0, 0.005 * 2**attempt))
+
+
+def check_request_id(request_id: str) -> str:
+    """The request id, if it is usable as an idempotency key."""
+    if not request_id:
+        raise InvalidArgument.for_field(
+            "request_id", "is required (a unique id per logical request)"
+        )
+    if len(request_id) > MAX_REQUEST_ID or not request_id.isprintable():
+        raise InvalidArgument.for_field(
+            "request_id", f"must be 1-{MAX_REQUEST_ID} printable characters"
+        )
+    return request_id
+
+
+def fingerprint(method: str, request: Message) -> str:
+    """A stable digest of the method and the request's canonical bytes."""
+    digest = hashlib.sha256(method.encode())
+    digest.update(b"\0")
+    digest.update(request.SerializeToString(deterministic=True))
+    return digest.hexdigest()
+
+
+async def exactly_once(
+    app: App,
+    *,
+    method: str,
+    request: Message,
+    request_id: str,
+    program_id: str,
+    member_id: str,
+    work: Callable[[UnitOfWork], Awaitable[R]],
+    encode: Callable[[R], M],
+    response_type: type[M],
+) -> M:
+    """Run `work` once per request id; a repeat returns the first response."""
+    check_request_id(request_id)
+    print_ = fingerprint(method, request)
+    for attempt in range(MAX_ATTEMPTS):
+        try:
+            async with app.db.unit_of_work() as uow:
+                stored = await uow.idempotency.claim(
+                    program_id, member_id, request_id, method, print_, app.clock()
+                )
+                if stored is not None:
+                    if stored.fingerprint != print_ or stored.response is None:
+                        raise InvalidArgument(
+                            reason="REQUEST_ID_REUSED",
+                            message="request_id was used before for a different request",
+                            metadata={"field": "request_id", "method": stored.method},
+                        )
+                    return response_type.FromString(stored.response)
+                response = encode(await work(uow))
+                await uow.idempotency.complete(
+                    program_id, member_id, request_id, response.SerializeToString()
+                )
+                await uow.commit()
+                return response
+        except sa_exc.DBAPIError as exc:
+            if not _is_transient_conflict(exc) or attempt == MAX_ATTEMPTS - 1:
+                raise
+            await _backoff(attempt)
+    raise Aborted(
+        "CONCURRENT_UPDATE", "too many concurrent updates; retry with the same request_id"
+    )
+
+
+async def in_transaction(
+    app: App, work: Callable[[UnitOfWork], Awaitable[R]], *, commit: bool = False
+) -> R:
+    """Run `work` in one transaction (committed if asked), retrying transient conflicts."""
+    for attempt in range(MAX_ATTEMPTS):
+        try:
+            async with app.db.unit_of_work() as uow:
+                result = await work(uow)
+                if commit:
+                    await uow.commit()
+                return result
+        except sa_exc.DBAPIError as exc:
+            if not _is_transient_conflict(exc) or attempt == MAX_ATTEMPTS - 1:
+                raise
+            await _backoff(attempt)
+    raise Aborted("CONCURRENT_UPDATE", "too many concurrent updates; retry")

@@ -1,0 +1,74 @@
+"""Settings: environment variables with the LOYALTY_ prefix, overridable by CLI flags."""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from pydantic import Field, ValidationError, field_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+from sqlalchemy.engine import make_url
+
+
+class ConfigError(Exception):
+    """A setting is wrong; the message names it, in one line."""
+
+
+class Settings(BaseSettings):
+    """Everything the service reads at start-up."""
+
+    model_config = SettingsConfigDict(env_prefix="LOYALTY_", extra="ignore")
+
+    database_url: str = Field(
+        default="sqlite+aiosqlite:///./loyalty.db",
+        description="SQLAlchemy URL: sqlite+aiosqlite:///FILE or postgresql+asyncpg://USER@HOST/DB",
+    )
+    listen_address: str = Field(default="127.0.0.1:50051", description="host:port to serve on")
+    grace_period_seconds: float = Field(default=10.0, ge=0, le=600)
+    log_level: str = Field(default="INFO")
+    db_pool_size: int = Field(default=10, ge=1, le=500)
+    maintenance_interval_seconds: float = Field(
+        default=3600.0, ge=0, description="how often serve runs expiry and tier reviews; 0 = never"
+    )
+
+    @field_validator("database_url")
+    @classmethod
+    def _known_database(cls, value: str) -> str:
+        try:
+            url = make_url(value)
+        except Exception as exc:
+            raise ValueError(f"not a database URL: {exc}") from None
+        if url.drivername not in ("sqlite+aiosqlite", "postgresql+asyncpg"):
+            raise ValueError(
+                "use sqlite+aiosqlite:///FILE or postgresql+asyncpg://USER@HOST:PORT/DB"
+            )
+        return value
+
+    @field_validator("listen_address")
+    @classmethod
+    def _host_port(cls, value: str) -> str:
+        host, sep, port = value.rpartition(":")
+        if not sep or not host or not port.isdigit() or not 0 <= int(port) <= 65535:
+            raise ValueError("must be host:port, such as 127.0.0.1:50051 or [::]:50051")
+        return value
+
+    @field_validator("log_level")
+    @classmethod
+    def _level(cls, value: str) -> str:
+        upper = value.upper()
+        if upper not in logging.getLevelNamesMapping():
+            raise ValueError("must be DEBUG, INFO, WARNING, ERROR or CRITICAL")
+        return upper
+
+
+def load_settings(**overrides: Any) -> Settings:
+    """Settings from the environment and the given overrides (CLI flags); ConfigError if wrong."""
+    clean = {k: v for k, v in overrides.items() if v is not None}
+    try:
+        return Settings(**clean)
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        name = str(first["loc"][0]) if first["loc"] else "settings"
+        raise ConfigError(
+            f"invalid setting LOYALTY_{name.upper()} (--{name.replace('_', '-')}): {first['msg']}"
+        ) from None

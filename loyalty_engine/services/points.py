@@ -1,0 +1,542 @@
+"""The points ledger: purchases, returns, adjustments, balances, history and maintenance.
+
+Every write follows one shape: lock the member's account, let time do its work
+(`_settle`: release pending points, expire lots, review the tier), apply the
+operation through the pure domain aggregate, then persist what it produced.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+
+from loyalty_engine.domain.calendar import add_days, add_months
+from loyalty_engine.domain.earning import AwardComponent, LineItem, compute_award, cumulative_share
+from loyalty_engine.domain.errors import (
+    AlreadyExists,
+    FailedPrecondition,
+    InvalidArgument,
+    NotFound,
+    OutOfRange,
+    ViolationCollector,
+)
+from loyalty_engine.domain.ledger import EntryKind, ExpiryMode
+from loyalty_engine.domain.members import MemberState
+from loyalty_engine.domain.money import MAX_AMOUNT_MINOR, validate_currency
+from loyalty_engine.domain.program import Program
+from loyalty_engine.domain.tiers import TierChange, TierProgress
+from loyalty_engine.services.members import get_member, member_not_found
+from loyalty_engine.services.programs import load_program
+from loyalty_engine.storage.repositories import (
+    LockedAccount,
+    NewPurchase,
+    StoredEntry,
+    StoredTierChange,
+)
+from loyalty_engine.storage.unit_of_work import UnitOfWork
+
+# How far a till's clock may run ahead of ours before a sale counts as "in the future".
+CLOCK_SKEW = timedelta(minutes=5)
+MAX_LINE_ITEMS = 1000
+MAX_QUANTITY = 1_000_000
+MAX_TEXT = 200
+
+
+@dataclass(frozen=True)
+class Balance:
+    """A member's balance as GetBalance and every write report it."""
+
+    program_id: str
+    member_id: str
+    currency_code: str
+    available: int
+    pending: int
+    reserved: int
+    lifetime_earned: int
+    redeemed: int
+    expired: int
+    next_expiry_points: int
+    next_expiry_time: datetime | None
+    tier_id: str | None
+    progress: TierProgress | None
+
+
+@dataclass(frozen=True)
+class RecordPurchase:
+    """A sale reported by a point of sale."""
+
+    program_id: str
+    member_id: str
+    order_id: str
+    purchase_time: datetime
+    store_id: str
+    currency_code: str
+    total_minor: int
+    lines: tuple[LineItem, ...] = ()
+
+
+@dataclass(frozen=True)
+class PurchaseResult:
+    """What RecordPurchase answers."""
+
+    points_awarded: int
+    breakdown: tuple[AwardComponent, ...]
+    pending: bool
+    balance: Balance
+    tier_before: str | None
+    tier_after: str | None
+
+
+@dataclass(frozen=True)
+class RecordReturn:
+    """A return against an order; no lines means everything not yet returned."""
+
+    program_id: str
+    member_id: str
+    order_id: str
+    return_id: str
+    return_time: datetime
+    lines: tuple[tuple[int, int], ...] = ()  # (line index, quantity)
+
+
+@dataclass(frozen=True)
+class ReturnResult:
+    """What RecordReturn answers."""
+
+    points_reversed: int
+    shortfall: int
+    refund_minor: int
+    currency_code: str
+    balance: Balance
+
+
+@dataclass(frozen=True)
+class AdjustPoints:
+    """A manual credit or debit."""
+
+    program_id: str
+    member_id: str
+    points: int
+    reason: str
+    actor: str
+    note: str = ""
+
+
+@dataclass(frozen=True)
+class MaintenanceReport:
+    """What a maintenance pass over a program did."""
+
+    members_changed: int = 0
+    points_expired: int = 0
+    points_released: int = 0
+    tier_changes: int = 0
+
+
+# --- the write path -----------------------------------------------------------------------
+
+
+async def _lock_member(uow: UnitOfWork, program: Program, member_id: str) -> LockedAccount:
+    locked = await uow.accounts.lock(program.program_id, member_id)
+    if locked is None:
+        raise member_not_found(program.program_id, member_id)
+    return locked
+
+
+async def _record_tier_change(
+    uow: UnitOfWork, locked: LockedAccount, change: TierChange, when: datetime
+) -> None:
+    if change.changed:
+        await uow.accounts.add_tier_change(locked, change.before, change.after, change.reason, when)
+    locked.tier = change.state
+
+
+async def _settle(uow: UnitOfWork, program: Program, locked: LockedAccount, now: datetime) -> None:
+    """What time alone does: pending release, expiry, and the tier review when it is due."""
+    locked.account.settle(now, program.expiry)
+    review = locked.tier.review_time
+    if review is not None and review <= now and program.tier_policy.tiers:
+        value = await _qualifying_value(uow, program, locked.member_id, now)
+        await _record_tier_change(
+            uow, locked, program.tier_policy.review(locked.tier, value, now), now
+        )
+
+
+async def _qualifying_value(uow: UnitOfWork, program: Program, member_id: str, at: datetime) -> int:
+    policy = program.tier_policy
+    start = add_months(at, -policy.window_months)
+    return await uow.accounts.qualifying_value(
+        program.program_id, member_id, policy.metric, start, at
+    )
+
+
+def _validate_purchase(
+    cmd: RecordPurchase, program: Program, now: datetime
+) -> tuple[LineItem, ...]:
+    errors = ViolationCollector()
+    if not cmd.order_id or len(cmd.order_id) > MAX_TEXT or not cmd.order_id.isprintable():
+        errors.add("purchase.order_id", f"is required: 1-{MAX_TEXT} printable characters")
+    if len(cmd.store_id) > MAX_TEXT or not cmd.store_id.isprintable():
+        errors.add("purchase.store_id", f"must be at most {MAX_TEXT} printable characters")
+    if not 0 <= cmd.total_minor <= MAX_AMOUNT_MINOR:
+        errors.add("purchase.total.amount_minor", f"must be between 0 and {MAX_AMOUNT_MINOR}")
+    if len(cmd.lines) > MAX_LINE_ITEMS:
+        errors.add("purchase.line_items", f"must have at most {MAX_LINE_ITEMS} items")
+    for i, line in enumerate(cmd.lines[:MAX_LINE_ITEMS]):
+        path = f"purchase.line_items[{i}]"
+        if not 1 <= line.quantity <= MAX_QUANTITY:
+            errors.add(f"{path}.quantity", f"must be between 1 and {MAX_QUANTITY}")
+        if not 0 <= line.unit_price_minor <= MAX_AMOUNT_MINOR:
+            errors.add(f"{path}.unit_price_minor", f"must be between 0 and {MAX_AMOUNT_MINOR}")
+        if len(line.sku) > MAX_TEXT or len(line.category) > MAX_TEXT:
+            errors.add(path, f"sku and category must be at most {MAX_TEXT} characters")
+    errors.raise_if_any()
+    validate_currency(cmd.currency_code, "purchase.total.currency_code")
+    if cmd.currency_code != program.currency_code:
+        raise InvalidArgument(
+            reason="CURRENCY_MISMATCH",
+            message=f"purchase.total.currency_code: the program records {program.currency_code}",
+            metadata={"field": "purchase.total.currency_code", "expected": program.currency_code},
+        )
+    if cmd.lines and sum(line.amount_minor for line in cmd.lines) != cmd.total_minor:
+        raise InvalidArgument(
+            reason="LINE_ITEMS_MISMATCH",
+            message="purchase.line_items: quantity x unit price must add up to the total",
+            metadata={"field": "purchase.line_items"},
+        )
+    if cmd.purchase_time > now + CLOCK_SKEW:
+        raise OutOfRange(
+            "PURCHASE_IN_FUTURE",
+            "purchase.purchase_time is in the future",
+            {"field": "purchase.purchase_time"},
+        )
+    if cmd.purchase_time < now - timedelta(days=program.late_purchase_window_days):
+        raise OutOfRange(
+            "PURCHASE_TOO_LATE",
+            f"purchase.purchase_time is older than the program's "
+            f"{program.late_purchase_window_days}-day window for late sales",
+            {"field": "purchase.purchase_time"},
+        )
+    if cmd.lines:
+        return cmd.lines
+    return (LineItem(sku="", category="", quantity=1, unit_price_minor=cmd.total_minor),)
+
+
+async def _tier_at(uow: UnitOfWork, locked: LockedAccount, when: datetime) -> str | None:
+    """The tier the member held at `when` (late sales earn at the tier of their time)."""
+    held = await uow.accounts.tier_at(locked.program_id, locked.member_id, when)
+    return locked.tier.tier_id if held is False else held  # type: ignore[return-value]
+
+
+async def record_purchase(uow: UnitOfWork, cmd: RecordPurchase, now: datetime) -> PurchaseResult:
+    """Record a sale and award its points, exactly once per order id."""
+    program = await load_program(uow, cmd.program_id)
+    lines = _validate_purchase(cmd, program, now)
+    locked = await _lock_member(uow, program, cmd.member_id)
+    if locked.member_state is MemberState.ERASED:
+        raise FailedPrecondition("MEMBER_ERASED", "the member's personal data was erased")
+    if not await uow.accounts.claim_order(program.program_id, cmd.order_id, cmd.member_id):
+        raise AlreadyExists(
+            "ORDER_ALREADY_RECORDED",
+            f"order {cmd.order_id!r} was recorded already",
+            {"order_id": cmd.order_id},
+        )
+    await _settle(uow, program, locked, now)
+    tier_before = locked.tier.tier_id
+    tier_then = await _tier_at(uow, locked, cmd.purchase_time)
+    policy = program.tier_policy
+    tier = next((t for t in policy.tiers if t.tier_id == tier_then), None)
+    award = compute_award(
+        program.earning,
+        lines,
+        cmd.purchase_time,
+        tier_multiplier_percent=tier.multiplier_percent if tier else 100,
+        tier_id=tier.tier_id if tier else None,
+        tier_name=tier.name if tier else "",
+    )
+    if award.total > 0:
+        locked.account.earn(
+            award.total,
+            order_id=cmd.order_id,
+            earned_time=cmd.purchase_time,
+            now=now,
+            hold_days=program.pending_days,
+            expiry=program.expiry,
+        )
+    await uow.accounts.add_purchase(
+        program.program_id,
+        cmd.member_id,
+        NewPurchase(
+            order_id=cmd.order_id,
+            purchase_time=cmd.purchase_time,
+            store_id=cmd.store_id,
+            currency_code=cmd.currency_code,
+            total_minor=cmd.total_minor,
+            eligible_minor=award.eligible_amount_minor,
+            points_awarded=award.total,
+            order_level_points=award.order_level_points,
+            breakdown=[
+                {"rule": c.rule_id, "label": c.label, "points": c.points} for c in award.components
+            ],
+            tier_id=tier_then,
+            lines=[
+                (line.sku, line.category, line.quantity, line.unit_price_minor, points)
+                for line, points in zip(lines, award.line_points, strict=True)
+            ],
+        ),
+        now,
+    )
+    if policy.tiers:
+        value = await _qualifying_value(uow, program, cmd.member_id, max(cmd.purchase_time, now))
+        change = policy.after_purchase(locked.tier, value, cmd.purchase_time)
+        await _record_tier_change(uow, locked, change, now)
+    await uow.accounts.save(locked, now)
+    return PurchaseResult(
+        points_awarded=award.total,
+        breakdown=award.components,
+        pending=award.total > 0
+        and program.pending_days > 0
+        and add_days(cmd.purchase_time, program.pending_days) > now,
+        balance=await _balance(uow, program, locked, now),
+        tier_before=tier_before,
+        tier_after=locked.tier.tier_id,
+    )
+
+
+async def record_return(uow: UnitOfWork, cmd: RecordReturn, now: datetime) -> ReturnResult:
+    """Reverse the points of returned goods, proportionally; nothing is edited."""
+    program = await load_program(uow, cmd.program_id)
+    if not cmd.return_id or len(cmd.return_id) > MAX_TEXT or not cmd.return_id.isprintable():
+        raise InvalidArgument.for_field(
+            "return_id", f"is required: 1-{MAX_TEXT} printable characters"
+        )
+    if cmd.return_time > now + CLOCK_SKEW:
+        raise OutOfRange(
+            "RETURN_IN_FUTURE", "return_time is in the future", {"field": "return_time"}
+        )
+    locked = await _lock_member(uow, program, cmd.member_id)
+    purchase = await uow.accounts.get_purchase(program.program_id, cmd.member_id, cmd.order_id)
+    if purchase is None:
+        raise NotFound(
+            "ORDER_NOT_FOUND",
+            f"order {cmd.order_id!r} not found for this member",
+            {"order_id": cmd.order_id},
+        )
+    if cmd.return_time < purchase.purchase_time:
+        raise InvalidArgument.for_field("return_time", "is before the purchase")
+
+    returning: dict[int, int] = {}
+    if cmd.lines:
+        for i, (line_index, quantity) in enumerate(cmd.lines):
+            if not 0 <= line_index < len(purchase.lines):
+                raise NotFound(
+                    "LINE_NOT_FOUND",
+                    f"lines[{i}].line_index: the order has no line {line_index}",
+                    {"field": f"lines[{i}].line_index"},
+                )
+            if quantity <= 0:
+                raise InvalidArgument.for_field(f"lines[{i}].quantity", "must be at least 1")
+            returning[line_index] = returning.get(line_index, 0) + quantity
+    else:
+        returning = {
+            line.line_index: line.quantity - line.returned_quantity
+            for line in purchase.lines
+            if line.quantity > line.returned_quantity
+        }
+        if not returning:
+            raise FailedPrecondition(
+                "NOTHING_TO_RETURN", f"order {cmd.order_id!r} was fully returned already"
+            )
+    points = 0
+    refund = 0
+    for line_index, quantity in returning.items():
+        line = purchase.lines[line_index]
+        before, after = line.returned_quantity, line.returned_quantity + quantity
+        if after > line.quantity:
+            raise FailedPrecondition(
+                "RETURN_EXCEEDS_PURCHASE",
+                f"line {line_index}: {after} units returned in all, {line.quantity} bought",
+                {"line_index": str(line_index)},
+            )
+        points += cumulative_share(line.points, after, line.quantity) - cumulative_share(
+            line.points, before, line.quantity
+        )
+        refund += quantity * line.unit_price_minor
+    if purchase.total_minor > 0:
+        points += cumulative_share(
+            purchase.order_level_points, purchase.returned_minor + refund, purchase.total_minor
+        ) - cumulative_share(
+            purchase.order_level_points, purchase.returned_minor, purchase.total_minor
+        )
+
+    await _settle(uow, program, locked, now)
+    reversed_points = shortfall = 0
+    if points > 0:
+        result = locked.account.reverse_order(
+            cmd.order_id, points, now=now, policy=program.negative_balance_policy, reason="RETURN"
+        )
+        reversed_points, shortfall = result.reversed_points, result.shortfall
+    recorded = await uow.accounts.record_return(
+        program.program_id,
+        cmd.member_id,
+        purchase,
+        returning,
+        cmd.return_id,
+        cmd.return_time,
+        refund,
+        points,
+        shortfall,
+        now,
+    )
+    if not recorded:
+        raise AlreadyExists(
+            "RETURN_ALREADY_RECORDED", f"return {cmd.return_id!r} was recorded already"
+        )
+    await uow.accounts.save(locked, now)
+    return ReturnResult(
+        points_reversed=reversed_points,
+        shortfall=shortfall,
+        refund_minor=refund,
+        currency_code=purchase.currency_code,
+        balance=await _balance(uow, program, locked, now),
+    )
+
+
+ADJUSTMENT_REASONS = ("GOODWILL", "SERVICE_RECOVERY", "CORRECTION")
+
+
+async def adjust_points(uow: UnitOfWork, cmd: AdjustPoints, now: datetime) -> Balance:
+    """A manual credit or debit with a reason code and the actor; history is never edited."""
+    errors = ViolationCollector()
+    if cmd.reason not in ADJUSTMENT_REASONS:
+        errors.add("reason", f"must be one of {', '.join(ADJUSTMENT_REASONS)}")
+    if not cmd.actor.strip() or len(cmd.actor) > MAX_TEXT:
+        errors.add("actor", f"is required: 1-{MAX_TEXT} characters")
+    if len(cmd.note) > 150:
+        errors.add("note", "must be at most 150 characters")
+    if cmd.points == 0:
+        errors.add("points", "must not be 0")
+    errors.raise_if_any()
+    program = await load_program(uow, cmd.program_id)
+    locked = await _lock_member(uow, program, cmd.member_id)
+    await _settle(uow, program, locked, now)
+    reason = f"{cmd.reason}: {cmd.note}" if cmd.note else cmd.reason
+    locked.account.adjust(
+        cmd.points, now=now, reason=reason, actor=cmd.actor, expiry=program.expiry
+    )
+    await uow.accounts.save(locked, now)
+    return await _balance(uow, program, locked, now)
+
+
+# --- reads --------------------------------------------------------------------------------
+
+
+async def _balance(
+    uow: UnitOfWork, program: Program, locked: LockedAccount, now: datetime
+) -> Balance:
+    account = locked.account
+    next_points, next_time = 0, None
+    if program.expiry.mode is ExpiryMode.AFTER_EARNING:
+        dated = [
+            lot
+            for lot in account.lots
+            if not lot.pending and lot.remaining > 0 and lot.expires_time
+        ]
+        if dated:
+            next_time = min(lot.expires_time for lot in dated if lot.expires_time)
+            next_points = sum(lot.remaining for lot in dated if lot.expires_time == next_time)
+    elif (
+        program.expiry.mode is ExpiryMode.AFTER_INACTIVITY
+        and account.last_activity_time is not None
+        and account.available > 0
+    ):
+        next_time = add_months(account.last_activity_time, program.expiry.months)
+        next_points = account.available
+    progress = None
+    if program.tier_policy.tiers:
+        value = await _qualifying_value(uow, program, locked.member_id, now)
+        progress = program.tier_policy.progress(locked.tier.tier_id, value)
+    return Balance(
+        program_id=program.program_id,
+        member_id=locked.member_id,
+        currency_code=program.currency_code,
+        available=account.available,
+        pending=account.pending,
+        reserved=account.reserved,
+        lifetime_earned=account.lifetime_earned,
+        redeemed=account.redeemed,
+        expired=account.expired,
+        next_expiry_points=next_points,
+        next_expiry_time=next_time,
+        tier_id=locked.tier.tier_id,
+        progress=progress,
+    )
+
+
+async def get_balance(uow: UnitOfWork, program_id: str, member_id: str, now: datetime) -> Balance:
+    """The balance as of now: pending points that matured and expiries are applied first."""
+    program = await load_program(uow, program_id)
+    locked = await _lock_member(uow, program, member_id)
+    tier_before = locked.tier
+    await _settle(uow, program, locked, now)
+    if locked.account.new_entries or locked.tier != tier_before:
+        await uow.accounts.save(locked, now)
+    return await _balance(uow, program, locked, now)
+
+
+async def list_ledger_entries(
+    uow: UnitOfWork,
+    program_id: str,
+    member_id: str,
+    *,
+    before_seq: int | None,
+    limit: int,
+    kinds: Sequence[EntryKind] = (),
+    start_time: datetime | None = None,
+    end_time: datetime | None = None,
+) -> list[StoredEntry]:
+    """A page of the member's ledger, newest first."""
+    await get_member(uow, program_id, member_id)
+    return await uow.accounts.entries(
+        program_id,
+        member_id,
+        before_seq=before_seq,
+        limit=limit,
+        kinds=kinds,
+        start_time=start_time,
+        end_time=end_time,
+    )
+
+
+async def list_tier_changes(
+    uow: UnitOfWork, program_id: str, member_id: str, before_seq: int | None, limit: int
+) -> list[tuple[int, StoredTierChange]]:
+    """A page of the member's tier history, newest first."""
+    await get_member(uow, program_id, member_id)
+    return await uow.accounts.tier_changes(program_id, member_id, before_seq, limit)
+
+
+async def settle_member(
+    uow: UnitOfWork, program: Program, member_id: str, now: datetime
+) -> MaintenanceReport:
+    """Run what time does for one member (one short transaction per member in a pass)."""
+    locked = await _lock_member(uow, program, member_id)
+    tier_before = locked.tier
+    await _settle(uow, program, locked, now)
+    entries = locked.account.new_entries
+    if not entries and locked.tier == tier_before:
+        return MaintenanceReport()
+    await uow.accounts.save(locked, now)
+    return MaintenanceReport(
+        members_changed=1,
+        points_expired=-sum(e.points for e in entries if e.kind is EntryKind.EXPIRE),
+        points_released=sum(e.points for e in entries if e.kind is EntryKind.RELEASE),
+        tier_changes=int(locked.tier.tier_id != tier_before.tier_id),
+    )
+
+
+def inactivity_cutoff(program: Program, now: datetime) -> datetime | None:
+    """Members last active before this have expired points (AFTER_INACTIVITY only)."""
+    if program.expiry.mode is ExpiryMode.AFTER_INACTIVITY:
+        return add_months(now, -program.expiry.months)
+    return None

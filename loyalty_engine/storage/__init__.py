@@ -1,0 +1,1 @@
+"""The storage layer: SQLAlchemy Core tables, the unit of work and the repositories."""

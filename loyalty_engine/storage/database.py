@@ -1,0 +1,71 @@
+"""The database: one async engine per process, built at start-up, never at import time."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import sqlalchemy as sa
+from sqlalchemy import event
+from sqlalchemy.engine import make_url
+from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
+
+from loyalty_engine.storage.unit_of_work import UnitOfWork
+
+
+class Database:
+    """Owns the engine and hands out units of work."""
+
+    def __init__(self, url: str, *, pool_size: int = 10, echo: bool = False) -> None:
+        parsed = make_url(url)
+        self.url = parsed
+        self.backend = parsed.get_backend_name()
+        kwargs: dict[str, Any] = {"echo": echo}
+        if self.backend == "postgresql":
+            kwargs.update(pool_size=pool_size, max_overflow=pool_size, pool_pre_ping=True)
+        elif self.backend == "sqlite":
+            kwargs.update(connect_args={"timeout": 30})
+        self.engine: AsyncEngine = create_async_engine(parsed, **kwargs)
+        if self.backend == "sqlite":
+            _configure_sqlite(self.engine)
+
+    @property
+    def is_sqlite(self) -> bool:
+        """Whether this is the embedded SQLite store."""
+        return self.backend == "sqlite"
+
+    def unit_of_work(self) -> UnitOfWork:
+        """A new unit of work: one connection, one transaction, rolled back unless committed."""
+        return UnitOfWork(self.engine, dialect=self.backend)
+
+    async def ping(self) -> None:
+        """Fail if the database cannot be reached."""
+        async with self.engine.connect() as conn:
+            await conn.execute(sa.text("SELECT 1"))
+
+    async def dispose(self) -> None:
+        """Close every pooled connection."""
+        await self.engine.dispose()
+
+
+def _configure_sqlite(engine: AsyncEngine) -> None:
+    """WAL, foreign keys, and BEGIN IMMEDIATE so concurrent writers queue instead of deadlocking.
+
+    pysqlite's own transaction handling is switched off (SQLAlchemy's documented recipe)
+    so that SQLAlchemy's BEGIN is the one that runs, and it takes the write lock up front:
+    a read-then-write transaction can then never fail half-way with "database is locked".
+    """
+    sync_engine = engine.sync_engine
+
+    @event.listens_for(sync_engine, "connect")
+    def _on_connect(dbapi_connection: Any, _record: Any) -> None:
+        dbapi_connection.isolation_level = None
+        cursor = dbapi_connection.cursor()
+        cursor.execute("PRAGMA journal_mode=WAL")
+        cursor.execute("PRAGMA synchronous=FULL")
+        cursor.execute("PRAGMA foreign_keys=ON")
+        cursor.execute("PRAGMA busy_timeout=30000")
+        cursor.close()
+
+    @event.listens_for(sync_engine, "begin")
+    def _on_begin(conn: Any) -> None:
+        conn.exec_driver_sql("BEGIN IMMEDIATE")

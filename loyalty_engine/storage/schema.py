@@ -1,0 +1,298 @@
+"""The database schema, as SQLAlchemy Core tables.
+
+Sharding-ready (Citus): every member-owned table carries ``program_id`` and
+``member_id`` and has both in its primary key, so it can be distributed by
+member and co-located. Keys that must be unique across a program but do not
+belong to one member (order ids, external ids, emails) live in small claim
+tables keyed by ``program_id`` and the value, which can be distributed by that
+value. Programs, tiers, earning rules and rewards are small tables that can be
+replicated as reference tables.
+"""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from typing import Any
+
+import sqlalchemy as sa
+from sqlalchemy.engine import Dialect
+
+metadata = sa.MetaData(
+    naming_convention={
+        "ix": "ix_%(table_name)s_%(column_0_N_name)s",
+        "uq": "uq_%(table_name)s_%(column_0_N_name)s",
+        "ck": "ck_%(table_name)s_%(constraint_name)s",
+        "fk": "fk_%(table_name)s_%(column_0_name)s_%(referred_table_name)s",
+        "pk": "pk_%(table_name)s",
+    }
+)
+
+
+class UtcDateTime(sa.types.TypeDecorator[datetime]):
+    """A timestamp that is always timezone-aware UTC in Python, on every backend."""
+
+    impl = sa.DateTime(timezone=True)
+    cache_ok = True
+
+    def process_bind_param(self, value: datetime | None, dialect: Dialect) -> datetime | None:
+        if value is None:
+            return None
+        if value.tzinfo is None:
+            raise ValueError("naive datetime given to the database; use UTC-aware datetimes")
+        value = value.astimezone(UTC)
+        # SQLite stores text; a naive UTC value keeps text order equal to time order.
+        return value.replace(tzinfo=None) if dialect.name == "sqlite" else value
+
+    def process_result_value(self, value: Any, dialect: Dialect) -> datetime | None:
+        if value is None:
+            return None
+        if value.tzinfo is None:
+            return value.replace(tzinfo=UTC)
+        return value.astimezone(UTC)
+
+
+Id = sa.String(64)
+Ts = UtcDateTime
+Points = sa.BigInteger
+
+programs = sa.Table(
+    "programs",
+    metadata,
+    sa.Column("program_id", Id, primary_key=True),
+    sa.Column("display_name", sa.String(200), nullable=False),
+    sa.Column("currency_code", sa.String(3), nullable=False),
+    sa.Column("base_points", sa.BigInteger, nullable=False),
+    sa.Column("per_amount_minor", sa.BigInteger, nullable=False),
+    sa.Column("rounding", sa.String(16), nullable=False),
+    sa.Column("min_order_minor", sa.BigInteger, nullable=False),
+    sa.Column("excluded_categories", sa.JSON, nullable=False),
+    sa.Column("tier_metric", sa.String(16), nullable=False),
+    sa.Column("tier_window_months", sa.Integer, nullable=False),
+    sa.Column("tier_grace_days", sa.Integer, nullable=False),
+    sa.Column("tier_downgrade_mode", sa.String(16), nullable=False),
+    sa.Column("expiry_mode", sa.String(24), nullable=False),
+    sa.Column("expiry_months", sa.Integer, nullable=False),
+    sa.Column("pending_days", sa.Integer, nullable=False),
+    sa.Column("negative_balance_policy", sa.String(24), nullable=False),
+    sa.Column("late_purchase_window_days", sa.Integer, nullable=False),
+    sa.Column("point_value_minor_per_100_points", sa.BigInteger, nullable=False),
+    sa.Column("create_time", Ts, nullable=False),
+    sa.Column("update_time", Ts, nullable=False),
+)
+
+tiers = sa.Table(
+    "tiers",
+    metadata,
+    sa.Column("program_id", Id, sa.ForeignKey("programs.program_id"), primary_key=True),
+    sa.Column("tier_id", Id, primary_key=True),
+    sa.Column("display_name", sa.String(200), nullable=False),
+    sa.Column("threshold", sa.BigInteger, nullable=False),
+    sa.Column("multiplier_percent", sa.Integer, nullable=False),
+    sa.Column("perks", sa.Text, nullable=False),
+    sa.Column("create_time", Ts, nullable=False),
+    sa.Column("update_time", Ts, nullable=False),
+)
+
+earning_rules = sa.Table(
+    "earning_rules",
+    metadata,
+    sa.Column("program_id", Id, sa.ForeignKey("programs.program_id"), primary_key=True),
+    sa.Column("rule_id", Id, primary_key=True),
+    sa.Column("display_name", sa.String(200), nullable=False),
+    sa.Column("kind", sa.String(16), nullable=False),
+    sa.Column("match", sa.String(200), nullable=False),
+    sa.Column("multiplier_percent", sa.Integer, nullable=False),
+    sa.Column("bonus_points_per_unit", sa.BigInteger, nullable=False),
+    sa.Column("bonus_points", sa.BigInteger, nullable=False),
+    sa.Column("start_time", Ts, nullable=True),
+    sa.Column("end_time", Ts, nullable=True),
+    sa.Column("categories", sa.JSON, nullable=False),
+    sa.Column("create_time", Ts, nullable=False),
+    sa.Column("update_time", Ts, nullable=False),
+)
+
+members = sa.Table(
+    "members",
+    metadata,
+    sa.Column("program_id", Id, sa.ForeignKey("programs.program_id"), primary_key=True),
+    sa.Column("member_id", Id, primary_key=True),
+    sa.Column("external_id", sa.String(200), nullable=False),
+    sa.Column("given_name", sa.String(200), nullable=True),
+    sa.Column("family_name", sa.String(200), nullable=True),
+    sa.Column("email", sa.String(320), nullable=True),
+    sa.Column("phone", sa.String(32), nullable=True),
+    sa.Column("card_number", sa.String(64), nullable=True),
+    sa.Column("birth_date", sa.Date, nullable=True),
+    sa.Column("join_time", Ts, nullable=False),
+    sa.Column("marketing_consent", sa.Boolean, nullable=False),
+    sa.Column("state", sa.String(16), nullable=False),
+    sa.Column("create_time", Ts, nullable=False),
+    sa.Column("update_time", Ts, nullable=False),
+    sa.Column("erase_time", Ts, nullable=True),
+)
+
+# One row per (kind, value) a member is known by; the primary key makes each unique in
+# the program and makes lookups one index probe.
+member_identifiers = sa.Table(
+    "member_identifiers",
+    metadata,
+    sa.Column("program_id", Id, primary_key=True),
+    sa.Column("kind", sa.String(16), primary_key=True),
+    sa.Column("value", sa.String(320), primary_key=True),
+    sa.Column("member_id", Id, nullable=False),
+)
+
+# The member's running totals and tier: the row that is locked while a member's ledger moves.
+member_accounts = sa.Table(
+    "member_accounts",
+    metadata,
+    sa.Column("program_id", Id, primary_key=True),
+    sa.Column("member_id", Id, primary_key=True),
+    sa.Column("available", Points, nullable=False),
+    sa.Column("pending", Points, nullable=False),
+    sa.Column("reserved", Points, nullable=False),
+    sa.Column("lifetime_earned", Points, nullable=False),
+    sa.Column("redeemed", Points, nullable=False),
+    sa.Column("expired", Points, nullable=False),
+    sa.Column("reversed", Points, nullable=False),
+    sa.Column("last_activity_time", Ts, nullable=True),
+    sa.Column("entry_seq", sa.BigInteger, nullable=False),
+    sa.Column("tier_id", Id, nullable=True),
+    sa.Column("tier_review_time", Ts, nullable=True),
+    sa.Column("tier_change_seq", sa.BigInteger, nullable=False),
+    sa.ForeignKeyConstraint(
+        ["program_id", "member_id"], ["members.program_id", "members.member_id"]
+    ),
+)
+
+ledger_entries = sa.Table(
+    "ledger_entries",
+    metadata,
+    sa.Column("program_id", Id, primary_key=True),
+    sa.Column("member_id", Id, primary_key=True),
+    sa.Column("entry_seq", sa.BigInteger, primary_key=True),
+    sa.Column("kind", sa.String(16), nullable=False),
+    sa.Column("points", Points, nullable=False),
+    sa.Column("pending_delta", Points, nullable=False),
+    sa.Column("balance_after", Points, nullable=False),
+    sa.Column("pending_after", Points, nullable=False),
+    sa.Column("occur_time", Ts, nullable=False),
+    sa.Column("create_time", Ts, nullable=False),
+    sa.Column("order_id", sa.String(200), nullable=True),
+    sa.Column("lot_id", Id, nullable=True),
+    sa.Column("reason", sa.String(200), nullable=False),
+    sa.Column("actor", sa.String(200), nullable=False),
+    sa.Column("shortfall", Points, nullable=False),
+)
+
+points_lots = sa.Table(
+    "points_lots",
+    metadata,
+    sa.Column("program_id", Id, primary_key=True),
+    sa.Column("member_id", Id, primary_key=True),
+    sa.Column("lot_id", Id, primary_key=True),
+    sa.Column("order_id", sa.String(200), nullable=True),
+    sa.Column("earned_time", Ts, nullable=False),
+    sa.Column("available_time", Ts, nullable=False),
+    sa.Column("expires_time", Ts, nullable=True),
+    sa.Column("points", Points, nullable=False),
+    sa.Column("remaining", Points, nullable=False),
+    sa.Column("pending", sa.Boolean, nullable=False),
+    sa.CheckConstraint("remaining >= 0 AND remaining <= points", name="remaining_in_range"),
+)
+sa.Index(
+    "ix_points_lots_open",
+    points_lots.c.program_id,
+    points_lots.c.member_id,
+    points_lots.c.remaining,
+)
+
+# Program-wide claim on an order id: a second purchase with the same order id fails here.
+order_claims = sa.Table(
+    "order_claims",
+    metadata,
+    sa.Column("program_id", Id, primary_key=True),
+    sa.Column("order_id", sa.String(200), primary_key=True),
+    sa.Column("member_id", Id, nullable=False),
+)
+
+purchases = sa.Table(
+    "purchases",
+    metadata,
+    sa.Column("program_id", Id, primary_key=True),
+    sa.Column("member_id", Id, primary_key=True),
+    sa.Column("order_id", sa.String(200), primary_key=True),
+    sa.Column("purchase_time", Ts, nullable=False),
+    sa.Column("store_id", sa.String(200), nullable=False),
+    sa.Column("currency_code", sa.String(3), nullable=False),
+    sa.Column("total_minor", sa.BigInteger, nullable=False),
+    sa.Column("eligible_minor", sa.BigInteger, nullable=False),
+    sa.Column("points_awarded", Points, nullable=False),
+    sa.Column("order_level_points", Points, nullable=False),
+    sa.Column("breakdown", sa.JSON, nullable=False),
+    sa.Column("returned_minor", sa.BigInteger, nullable=False),
+    sa.Column("points_reversed", Points, nullable=False),
+    sa.Column("tier_id", Id, nullable=True),
+    sa.Column("create_time", Ts, nullable=False),
+)
+sa.Index(
+    "ix_purchases_member_time",
+    purchases.c.program_id,
+    purchases.c.member_id,
+    purchases.c.purchase_time,
+)
+
+purchase_lines = sa.Table(
+    "purchase_lines",
+    metadata,
+    sa.Column("program_id", Id, primary_key=True),
+    sa.Column("member_id", Id, primary_key=True),
+    sa.Column("order_id", sa.String(200), primary_key=True),
+    sa.Column("line_index", sa.Integer, primary_key=True),
+    sa.Column("sku", sa.String(200), nullable=False),
+    sa.Column("category", sa.String(200), nullable=False),
+    sa.Column("quantity", sa.BigInteger, nullable=False),
+    sa.Column("unit_price_minor", sa.BigInteger, nullable=False),
+    sa.Column("points", Points, nullable=False),
+    sa.Column("returned_quantity", sa.BigInteger, nullable=False),
+)
+
+returns = sa.Table(
+    "returns",
+    metadata,
+    sa.Column("program_id", Id, primary_key=True),
+    sa.Column("member_id", Id, primary_key=True),
+    sa.Column("return_id", sa.String(200), primary_key=True),
+    sa.Column("order_id", sa.String(200), nullable=False),
+    sa.Column("return_time", Ts, nullable=False),
+    sa.Column("refund_minor", sa.BigInteger, nullable=False),
+    sa.Column("points_reversed", Points, nullable=False),
+    sa.Column("shortfall", Points, nullable=False),
+    sa.Column("create_time", Ts, nullable=False),
+)
+
+tier_changes = sa.Table(
+    "tier_changes",
+    metadata,
+    sa.Column("program_id", Id, primary_key=True),
+    sa.Column("member_id", Id, primary_key=True),
+    sa.Column("change_seq", sa.BigInteger, primary_key=True),
+    sa.Column("tier_before", Id, nullable=True),
+    sa.Column("tier_after", Id, nullable=True),
+    sa.Column("reason", sa.String(32), nullable=False),
+    sa.Column("change_time", Ts, nullable=False),
+)
+
+# Exactly-once: the first response to a request id, stored in the same transaction as its effects.
+# Program-level requests use member_id "" so the key stays (program, member, request).
+idempotency_keys = sa.Table(
+    "idempotency_keys",
+    metadata,
+    sa.Column("program_id", Id, primary_key=True),
+    sa.Column("member_id", Id, primary_key=True),
+    sa.Column("request_id", sa.String(128), primary_key=True),
+    sa.Column("method", sa.String(100), nullable=False),
+    sa.Column("fingerprint", sa.String(64), nullable=False),
+    sa.Column("response", sa.LargeBinary, nullable=True),
+    sa.Column("create_time", Ts, nullable=False),
+)

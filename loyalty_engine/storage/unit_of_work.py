@@ -1,0 +1,75 @@
+"""The unit of work: one connection and one transaction, rolled back unless committed."""
+
+from __future__ import annotations
+
+from types import TracebackType
+
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
+
+from loyalty_engine.storage.repositories import (
+    AccountRepository,
+    IdempotencyRepository,
+    MemberRepository,
+    ProgramRepository,
+)
+
+
+class UnitOfWork:
+    """A database transaction with the repositories bound to it.
+
+    Use as ``async with db.unit_of_work() as uow: ...; await uow.commit()``.
+    Leaving the block without ``commit()`` rolls everything back, so an error
+    half-way through never leaves half a write behind.
+    """
+
+    programs: ProgramRepository
+    members: MemberRepository
+    accounts: AccountRepository
+    idempotency: IdempotencyRepository
+
+    def __init__(self, engine: AsyncEngine, *, dialect: str) -> None:
+        self._engine = engine
+        self.dialect = dialect
+        self._conn: AsyncConnection | None = None
+        self._committed = False
+
+    @property
+    def connection(self) -> AsyncConnection:
+        """The transaction's connection."""
+        if self._conn is None:
+            raise RuntimeError("unit of work used outside its `async with` block")
+        return self._conn
+
+    async def __aenter__(self) -> UnitOfWork:
+        self._conn = await self._engine.connect()
+        try:
+            await self._conn.begin()
+        except BaseException:
+            await self._conn.close()
+            raise
+        conn = self._conn
+        self.programs = ProgramRepository(conn, self.dialect)
+        self.members = MemberRepository(conn, self.dialect)
+        self.accounts = AccountRepository(conn, self.dialect)
+        self.idempotency = IdempotencyRepository(conn, self.dialect)
+        self._committed = False
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        conn = self.connection
+        try:
+            if not self._committed and conn.in_transaction():
+                await conn.rollback()
+        finally:
+            await conn.close()
+            self._conn = None
+
+    async def commit(self) -> None:
+        """Make the transaction's writes durable."""
+        await self.connection.commit()
+        self._committed = True
