@@ -41,6 +41,7 @@ CLOCK_SKEW = timedelta(minutes=5)
 MAX_LINE_ITEMS = 1000
 MAX_QUANTITY = 1_000_000
 MAX_TEXT = 200
+UNCATEGORIZED = "uncategorized"
 
 
 @dataclass(frozen=True)
@@ -188,8 +189,10 @@ def _validate_purchase(
             errors.add(f"{path}.quantity", f"must be between 1 and {MAX_QUANTITY}")
         if not 0 <= line.unit_price_minor <= MAX_AMOUNT_MINOR:
             errors.add(f"{path}.unit_price_minor", f"must be between 0 and {MAX_AMOUNT_MINOR}")
-        if len(line.sku) > MAX_TEXT or len(line.category) > MAX_TEXT:
-            errors.add(path, f"sku and category must be at most {MAX_TEXT} characters")
+        if not line.category or len(line.category) > MAX_TEXT:
+            errors.add(f"{path}.category", f"is required: 1-{MAX_TEXT} characters")
+        if len(line.sku) > MAX_TEXT:
+            errors.add(f"{path}.sku", f"must be at most {MAX_TEXT} characters")
     errors.raise_if_any()
     validate_currency(cmd.currency_code, "purchase.total.currency_code")
     if cmd.currency_code != program.currency_code:
@@ -219,7 +222,8 @@ def _validate_purchase(
         )
     if cmd.lines:
         return cmd.lines
-    return (LineItem(sku="", category="", quantity=1, unit_price_minor=cmd.total_minor),)
+    # A sale reported without lines earns as one line of its total.
+    return (LineItem(sku="", category=UNCATEGORIZED, quantity=1, unit_price_minor=cmd.total_minor),)
 
 
 async def _tier_at(uow: UnitOfWork, locked: LockedAccount, when: datetime) -> str | None:

@@ -12,8 +12,10 @@ from loyalty_engine.domain.calendar import add_days, add_months, require_aware
 from loyalty_engine.domain.errors import InvalidArgument
 
 
-def utc(*args: int) -> datetime:
-    return datetime(*args, tzinfo=UTC)
+def utc(
+    year: int, month: int, day: int, hour: int = 0, minute: int = 0, second: int = 0, us: int = 0
+) -> datetime:
+    return datetime(year, month, day, hour, minute, second, us, tzinfo=UTC)
 
 
 @pytest.mark.parametrize(
