@@ -1,0 +1,187 @@
+"""The server as a generic client sees it: reflection, health, errors, start and shutdown."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import grpc
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
+
+from loyalty_engine.gen.loyalty.v1 import member_service_pb2 as mp
+from loyalty_engine.gen.loyalty.v1 import points_service_pb2 as ps
+from loyalty_engine.gen.loyalty.v1 import points_service_pb2_grpc
+from loyalty_engine.gen.loyalty.v1 import program_service_pb2 as pp
+from loyalty_engine.gen.loyalty.v1 import reward_service_pb2 as rp
+
+V1_SERVICES = {
+    "loyalty.v1.ProgramService",
+    "loyalty.v1.MemberService",
+    "loyalty.v1.PointsService",
+    "loyalty.v1.RewardService",
+    "loyalty.v1.OfferService",
+    "loyalty.v1.SegmentService",
+}
+
+
+async def _list_services(channel: grpc.aio.Channel) -> set[str]:
+    stub = reflection_pb2_grpc.ServerReflectionStub(channel)
+    call = stub.ServerReflectionInfo()
+    await call.write(reflection_pb2.ServerReflectionRequest(list_services=""))
+    reply = await call.read()
+    await call.done_writing()
+    return {s.name for s in reply.list_services_response.service}
+
+
+async def test_reflection_lists_every_service_and_health_is_serving(client) -> None:
+    services = await _list_services(client.channel)
+
+    assert services >= V1_SERVICES
+    assert "grpc.health.v1.Health" in services
+    health = health_pb2_grpc.HealthStub(client.channel)
+    for name in ("", "loyalty.v1.PointsService"):
+        reply = await health.Check(health_pb2.HealthCheckRequest(service=name))
+        assert reply.status == health_pb2.HealthCheckResponse.SERVING
+
+
+async def test_reflection_describes_a_method_for_generic_clients(client) -> None:
+    stub = reflection_pb2_grpc.ServerReflectionStub(client.channel)
+    call = stub.ServerReflectionInfo()
+    await call.write(
+        reflection_pb2.ServerReflectionRequest(file_containing_symbol="loyalty.v1.PointsService")
+    )
+    reply = await call.read()
+    await call.done_writing()
+
+    assert reply.file_descriptor_response.file_descriptor_proto
+
+
+async def test_pending_services_answer_unimplemented_with_a_reason(scenario, errors) -> None:
+    code, reason, _ = await errors(
+        scenario.client.rewards.GetReward(rp.GetRewardRequest(name="programs/x/rewards/y"))
+    )
+    assert (code, reason) == (grpc.StatusCode.UNIMPLEMENTED, "NOT_IMPLEMENTED")
+
+
+async def test_empty_required_field_is_invalid_argument_naming_it(scenario, errors) -> None:
+    program = await scenario.program()
+    member = await scenario.member(program)
+
+    code, reason, fields = await errors(
+        scenario.client.points.RecordPurchase(
+            ps.RecordPurchaseRequest(request_id="r1", member=member)
+        )
+    )
+
+    assert code == grpc.StatusCode.INVALID_ARGUMENT
+    assert reason == "INVALID_FIELD"
+    assert fields == ["purchase"]
+
+
+async def test_malformed_name_and_unknown_program(scenario, errors) -> None:
+    code, reason, fields = await errors(
+        scenario.client.points.GetBalance(ps.GetBalanceRequest(member="members/42"))
+    )
+    assert (code, reason, fields) == (grpc.StatusCode.INVALID_ARGUMENT, "INVALID_NAME", ["member"])
+
+    code, reason, _ = await errors(
+        scenario.client.programs.GetProgram(pp.GetProgramRequest(name="programs/no-such-program"))
+    )
+    assert (code, reason) == (grpc.StatusCode.NOT_FOUND, "PROGRAM_NOT_FOUND")
+
+    code, reason, _ = await errors(
+        scenario.client.members.GetMember(
+            mp.GetMemberRequest(name="programs/no-such-program/members/m1")
+        )
+    )
+    assert (code, reason) == (grpc.StatusCode.NOT_FOUND, "PROGRAM_NOT_FOUND")
+
+
+async def test_missing_request_id_is_rejected(scenario, errors) -> None:
+    program = await scenario.program()
+    member = await scenario.member(program)
+    request = scenario.purchase_request(member, 100, request_id="")
+    request.request_id = ""
+
+    code, reason, fields = await errors(scenario.client.points.RecordPurchase(request))
+
+    assert (code, reason, fields) == (
+        grpc.StatusCode.INVALID_ARGUMENT,
+        "INVALID_FIELD",
+        ["request_id"],
+    )
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def _cli(*args: str) -> list[str]:
+    return [sys.executable, "-m", "loyalty_engine", *args]
+
+
+async def test_serve_command_migrates_seeds_serves_and_stops_on_sigterm(tmp_path: Path) -> None:
+    """What `make serve` runs, on a fresh SQLite file: demo data, reflection, health, clean exit."""
+    port = _free_port()
+    env = {**os.environ, "LOYALTY_DATABASE_URL": f"sqlite+aiosqlite:///{tmp_path / 'loyalty.db'}"}
+    process = await asyncio.create_subprocess_exec(
+        *_cli("serve", "--migrate", "--seed-demo", "--listen-address", f"127.0.0.1:{port}"),
+        env=env,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.STDOUT,
+    )
+    try:
+        async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as channel:
+            await asyncio.wait_for(channel.channel_ready(), timeout=30)
+            assert await _list_services(channel) >= V1_SERVICES
+            health = await health_pb2_grpc.HealthStub(channel).Check(
+                health_pb2.HealthCheckRequest()
+            )
+            assert health.status == health_pb2.HealthCheckResponse.SERVING
+            balance = await points_service_pb2_grpc.PointsServiceStub(channel).GetBalance(
+                ps.GetBalanceRequest(member="programs/demo/members/john")
+            )
+            assert balance.balance.available_points > 0
+        process.send_signal(signal.SIGTERM)
+        raw, _ = await asyncio.wait_for(process.communicate(), timeout=30)
+        output = raw.decode()
+    finally:
+        if process.returncode is None:
+            process.kill()
+            await process.communicate()
+    assert process.returncode == 0, output
+    assert "grpcurl -plaintext" in output
+    assert "shutting down" in output
+
+
+def test_config_error_stops_start_with_one_line_naming_the_setting(tmp_path: Path) -> None:
+    env = {**os.environ, "LOYALTY_LISTEN_ADDRESS": "not-an-address"}
+    result = subprocess.run(
+        _cli("serve"), env=env, capture_output=True, text=True, timeout=60, check=False
+    )
+    assert result.returncode == 2
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1
+    assert "LOYALTY_LISTEN_ADDRESS" in lines[0]
+
+
+def test_serve_refuses_an_unmigrated_database(tmp_path: Path) -> None:
+    env = {**os.environ, "LOYALTY_DATABASE_URL": f"sqlite+aiosqlite:///{tmp_path / 'empty.db'}"}
+    result = subprocess.run(
+        _cli("serve", "--listen-address", f"127.0.0.1:{_free_port()}"),
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert result.returncode == 2
+    assert "loyalty-engine migrate" in result.stderr
