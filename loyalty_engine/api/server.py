@@ -14,6 +14,7 @@ from grpc_reflection.v1alpha import reflection
 from loyalty_engine.api.servicers.members import MemberServicer
 from loyalty_engine.api.servicers.points import PointsServicer
 from loyalty_engine.api.servicers.programs import ProgramServicer
+from loyalty_engine.api.servicers.rewards import RewardServicer
 from loyalty_engine.api.servicers.unimplemented import PENDING_SERVICES, pending_handlers
 from loyalty_engine.bootstrap import App
 from loyalty_engine.gen.loyalty.v1 import (
@@ -23,6 +24,8 @@ from loyalty_engine.gen.loyalty.v1 import (
     points_service_pb2_grpc,
     program_service_pb2,
     program_service_pb2_grpc,
+    reward_service_pb2,
+    reward_service_pb2_grpc,
 )
 
 log = logging.getLogger(__name__)
@@ -31,6 +34,7 @@ SERVICE_NAMES = (
     program_service_pb2.DESCRIPTOR.services_by_name["ProgramService"].full_name,
     member_service_pb2.DESCRIPTOR.services_by_name["MemberService"].full_name,
     points_service_pb2.DESCRIPTOR.services_by_name["PointsService"].full_name,
+    reward_service_pb2.DESCRIPTOR.services_by_name["RewardService"].full_name,
     *PENDING_SERVICES,
 )
 
@@ -61,6 +65,7 @@ async def start_server(app: App, address: str | None = None) -> RunningServer:
     program_service_pb2_grpc.add_ProgramServiceServicer_to_server(ProgramServicer(app), server)
     member_service_pb2_grpc.add_MemberServiceServicer_to_server(MemberServicer(app), server)
     points_service_pb2_grpc.add_PointsServiceServicer_to_server(PointsServicer(app), server)
+    reward_service_pb2_grpc.add_RewardServiceServicer_to_server(RewardServicer(app), server)
     server.add_generic_rpc_handlers(tuple(pending_handlers()))
 
     health_servicer = health.aio.HealthServicer()

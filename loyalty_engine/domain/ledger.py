@@ -321,6 +321,28 @@ class PointsAccount:
         self._note_activity(now)
         self._prune()
 
+    def restore_redeemed(
+        self, points: int, *, now: datetime, reason: str, expiry: ExpiryPolicy
+    ) -> None:
+        """Give back the points of a cancelled redemption: a new lot and a REVERSE entry.
+
+        The spent lots are not reopened (history is never edited); the points come back as
+        a fresh lot whose expiry runs from now, and ``redeemed`` goes down by the same amount.
+        """
+        _require_points(points)
+        require_aware(now, "now")
+        expiry.validate()
+        if points > self.redeemed:
+            raise InvalidArgument.for_field("points", "cannot restore more than was redeemed")
+        lot = self._create_lot(
+            points, order_id=None, earned_time=now, available_time=now, expiry=expiry, pending=False
+        )
+        self._pay_debt(lot)
+        self._record(EntryKind.REVERSE, points, 0, now, lot_id=lot.lot_id, reason=reason)
+        self.redeemed -= points
+        self._note_activity(now)
+        self._prune()
+
     def adjust(
         self, points: int, *, now: datetime, reason: str, actor: str, expiry: ExpiryPolicy
     ) -> None:

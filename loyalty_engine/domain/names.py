@@ -103,3 +103,29 @@ def member_name(program_id: str, member_id: str) -> str:
 def child_name(program_id: str, collection: str, resource_id: str) -> str:
     """Format `programs/{program}/{collection}/{id}`."""
     return f"programs/{program_id}/{collection}/{resource_id}"
+
+
+@dataclass(frozen=True)
+class MemberChildName:
+    """A resource under a member: `programs/{program}/members/{member}/{collection}/{id}`."""
+
+    program_id: str
+    member_id: str
+    resource_id: str
+
+
+def parse_member_child(name: str, collection: str, field: str = "name") -> MemberChildName:
+    """Parse `programs/{program}/members/{member}/{collection}/{id}` (redemptions, ...)."""
+    parts = name.split("/")
+    pattern = f"programs/{{program}}/members/{{member}}/{collection}/{{id}}"
+    if (
+        len(parts) != 6
+        or parts[0] != "programs"
+        or parts[2] != "members"
+        or parts[4] != collection
+        or not _RESOURCE_ID.match(parts[1])
+        or not _MEMBER_ID.match(parts[3])
+        or not _MEMBER_ID.match(parts[5])
+    ):
+        raise _invalid_name(field, pattern)
+    return MemberChildName(parts[1], parts[3], parts[5])

@@ -10,6 +10,7 @@ from loyalty_engine.domain.earning import EarningPolicy, ProductRule, ProductRul
 from loyalty_engine.domain.errors import ViolationCollector
 from loyalty_engine.domain.ledger import ExpiryPolicy, NegativeBalancePolicy
 from loyalty_engine.domain.money import CURRENCY_EXPONENTS, MAX_AMOUNT_MINOR
+from loyalty_engine.domain.rewards import MAX_HOLD_SECONDS
 from loyalty_engine.domain.tiers import Tier, TierPolicy
 
 DEFAULT_LATE_PURCHASE_WINDOW_DAYS = 30
@@ -31,6 +32,10 @@ class Program:
     negative_balance_policy: NegativeBalancePolicy = NegativeBalancePolicy.CLAW_BACK_TO_ZERO
     late_purchase_window_days: int = DEFAULT_LATE_PURCHASE_WINDOW_DAYS
     point_value_minor_per_100_points: int = 100
+    redemption_hold_seconds: int = 0
+    redemption_cancel_window_days: int = 0
+    min_points_per_redemption: int = 0
+    max_redemption_share_percent: int = 0
     create_time: datetime | None = None
     update_time: datetime | None = None
 
@@ -51,6 +56,14 @@ class Program:
             )
         if not 0 <= self.point_value_minor_per_100_points <= MAX_AMOUNT_MINOR:
             errors.add("program.point_value_minor_per_100_points", "must be 0 or more")
+        if not 0 <= self.redemption_hold_seconds <= MAX_HOLD_SECONDS:
+            errors.add("program.redemption_hold_seconds", f"must be 0-{MAX_HOLD_SECONDS}")
+        if not 0 <= self.redemption_cancel_window_days <= 3650:
+            errors.add("program.redemption_cancel_window_days", "must be 0-3650")
+        if not 0 <= self.min_points_per_redemption <= 10**9:
+            errors.add("program.min_points_per_redemption", "must be 0-1000000000")
+        if not 0 <= self.max_redemption_share_percent <= 100:
+            errors.add("program.max_redemption_share_percent", "must be 0-100")
         errors.raise_if_any()
         self.earning.validate("program.earning_policy")
         replace(self.tier_policy, tiers=()).validate("program.tier_policy")

@@ -1,7 +1,7 @@
 """The points ledger: purchases, returns, adjustments, balances, history and maintenance.
 
 Every write follows one shape: lock the member's account, let time do its work
-(`_settle`: release pending points, expire lots, review the tier), apply the
+(`settle`: release pending points, expire lots, review the tier), apply the
 operation through the pure domain aggregate, then persist what it produced.
 """
 
@@ -25,6 +25,7 @@ from loyalty_engine.domain.ledger import EntryKind, ExpiryMode
 from loyalty_engine.domain.members import MemberState
 from loyalty_engine.domain.money import MAX_AMOUNT_MINOR, validate_currency
 from loyalty_engine.domain.program import Program
+from loyalty_engine.domain.rewards import RedemptionState
 from loyalty_engine.domain.tiers import TierChange, TierProgress
 from loyalty_engine.services.members import get_member, member_not_found
 from loyalty_engine.services.programs import load_program
@@ -137,7 +138,7 @@ class MaintenanceReport:
 # --- the write path -----------------------------------------------------------------------
 
 
-async def _lock_member(uow: UnitOfWork, program: Program, member_id: str) -> LockedAccount:
+async def lock_member(uow: UnitOfWork, program: Program, member_id: str) -> LockedAccount:
     locked = await uow.accounts.lock(program.program_id, member_id)
     if locked is None:
         raise member_not_found(program.program_id, member_id)
@@ -152,8 +153,9 @@ async def _record_tier_change(
     locked.tier = change.state
 
 
-async def _settle(uow: UnitOfWork, program: Program, locked: LockedAccount, now: datetime) -> None:
-    """What time alone does: pending release, expiry, and the tier review when it is due."""
+async def settle(uow: UnitOfWork, program: Program, locked: LockedAccount, now: datetime) -> None:
+    """What time alone does: holds run out, pending release, expiry, the tier review."""
+    await _expire_holds(uow, locked, now)
     locked.account.settle(now, program.expiry)
     review = locked.tier.review_time
     if review is not None and review <= now and program.tier_policy.tiers:
@@ -161,6 +163,22 @@ async def _settle(uow: UnitOfWork, program: Program, locked: LockedAccount, now:
         await _record_tier_change(
             uow, locked, program.tier_policy.review(locked.tier, value, now), now
         )
+
+
+async def _expire_holds(uow: UnitOfWork, locked: LockedAccount, now: datetime) -> None:
+    """Record checkout holds that ran out as EXPIRED; only holds in force stay reserved.
+
+    Correctness needs no job: a hold stops counting the instant it expires (stock counts
+    only holds in force, and so does this), the state change is mere bookkeeping.
+    """
+    if locked.account.reserved <= 0:
+        return
+    holds = await uow.rewards.member_holds(locked.program_id, locked.member_id)
+    for hold in holds:
+        if not hold.holds_at(now):
+            hold.move_to(RedemptionState.EXPIRED, hold.expire_time or now)
+            await uow.rewards.save_state_change(locked.program_id, locked.member_id, hold)
+    locked.account.reserved = sum(h.points for h in holds if h.holds_at(now))
 
 
 async def _qualifying_value(uow: UnitOfWork, program: Program, member_id: str, at: datetime) -> int:
@@ -236,7 +254,7 @@ async def record_purchase(uow: UnitOfWork, cmd: RecordPurchase, now: datetime) -
     """Record a sale and award its points, exactly once per order id."""
     program = await load_program(uow, cmd.program_id)
     lines = _validate_purchase(cmd, program, now)
-    locked = await _lock_member(uow, program, cmd.member_id)
+    locked = await lock_member(uow, program, cmd.member_id)
     if locked.member_state is MemberState.ERASED:
         raise FailedPrecondition("MEMBER_ERASED", "the member's personal data was erased")
     if not await uow.accounts.claim_order(program.program_id, cmd.order_id, cmd.member_id):
@@ -245,7 +263,7 @@ async def record_purchase(uow: UnitOfWork, cmd: RecordPurchase, now: datetime) -
             f"order {cmd.order_id!r} was recorded already",
             {"order_id": cmd.order_id},
         )
-    await _settle(uow, program, locked, now)
+    await settle(uow, program, locked, now)
     tier_before = locked.tier.tier_id
     tier_then = await _tier_at(uow, locked, cmd.purchase_time)
     policy = program.tier_policy
@@ -301,10 +319,14 @@ async def record_purchase(uow: UnitOfWork, cmd: RecordPurchase, now: datetime) -
         pending=award.total > 0
         and program.pending_days > 0
         and add_days(cmd.purchase_time, program.pending_days) > now,
-        balance=await _balance(uow, program, locked, now),
+        balance=await balance_view(uow, program, locked, now),
         tier_before=tier_before,
         tier_after=locked.tier.tier_id,
     )
+
+
+def _return_already_recorded(return_id: str) -> AlreadyExists:
+    return AlreadyExists("RETURN_ALREADY_RECORDED", f"return {return_id!r} was recorded already")
 
 
 async def record_return(uow: UnitOfWork, cmd: RecordReturn, now: datetime) -> ReturnResult:
@@ -318,7 +340,11 @@ async def record_return(uow: UnitOfWork, cmd: RecordReturn, now: datetime) -> Re
         raise OutOfRange(
             "RETURN_IN_FUTURE", "return_time is in the future", {"field": "return_time"}
         )
-    locked = await _lock_member(uow, program, cmd.member_id)
+    locked = await lock_member(uow, program, cmd.member_id)
+    # Before the order's state is judged: a repeated return would otherwise be reported as
+    # exceeding the purchase (or as nothing left to return) instead of as a duplicate.
+    if await uow.accounts.return_recorded(program.program_id, cmd.member_id, cmd.return_id):
+        raise _return_already_recorded(cmd.return_id)
     purchase = await uow.accounts.get_purchase(program.program_id, cmd.member_id, cmd.order_id)
     if purchase is None:
         raise NotFound(
@@ -373,7 +399,7 @@ async def record_return(uow: UnitOfWork, cmd: RecordReturn, now: datetime) -> Re
             purchase.order_level_points, purchase.returned_minor, purchase.total_minor
         )
 
-    await _settle(uow, program, locked, now)
+    await settle(uow, program, locked, now)
     reversed_points = shortfall = 0
     if points > 0:
         result = locked.account.reverse_order(
@@ -393,16 +419,14 @@ async def record_return(uow: UnitOfWork, cmd: RecordReturn, now: datetime) -> Re
         now,
     )
     if not recorded:
-        raise AlreadyExists(
-            "RETURN_ALREADY_RECORDED", f"return {cmd.return_id!r} was recorded already"
-        )
+        raise _return_already_recorded(cmd.return_id)
     await uow.accounts.save(locked, now)
     return ReturnResult(
         points_reversed=reversed_points,
         shortfall=shortfall,
         refund_minor=refund,
         currency_code=purchase.currency_code,
-        balance=await _balance(uow, program, locked, now),
+        balance=await balance_view(uow, program, locked, now),
     )
 
 
@@ -422,20 +446,20 @@ async def adjust_points(uow: UnitOfWork, cmd: AdjustPoints, now: datetime) -> Ba
         errors.add("points", "must not be 0")
     errors.raise_if_any()
     program = await load_program(uow, cmd.program_id)
-    locked = await _lock_member(uow, program, cmd.member_id)
-    await _settle(uow, program, locked, now)
+    locked = await lock_member(uow, program, cmd.member_id)
+    await settle(uow, program, locked, now)
     reason = f"{cmd.reason}: {cmd.note}" if cmd.note else cmd.reason
     locked.account.adjust(
         cmd.points, now=now, reason=reason, actor=cmd.actor, expiry=program.expiry
     )
     await uow.accounts.save(locked, now)
-    return await _balance(uow, program, locked, now)
+    return await balance_view(uow, program, locked, now)
 
 
 # --- reads --------------------------------------------------------------------------------
 
 
-async def _balance(
+async def balance_view(
     uow: UnitOfWork, program: Program, locked: LockedAccount, now: datetime
 ) -> Balance:
     account = locked.account
@@ -480,12 +504,16 @@ async def _balance(
 async def get_balance(uow: UnitOfWork, program_id: str, member_id: str, now: datetime) -> Balance:
     """The balance as of now: pending points that matured and expiries are applied first."""
     program = await load_program(uow, program_id)
-    locked = await _lock_member(uow, program, member_id)
-    tier_before = locked.tier
-    await _settle(uow, program, locked, now)
-    if locked.account.new_entries or locked.tier != tier_before:
+    locked = await lock_member(uow, program, member_id)
+    tier_before, reserved_before = locked.tier, locked.account.reserved
+    await settle(uow, program, locked, now)
+    if (
+        locked.account.new_entries
+        or locked.tier != tier_before
+        or locked.account.reserved != reserved_before
+    ):
         await uow.accounts.save(locked, now)
-    return await _balance(uow, program, locked, now)
+    return await balance_view(uow, program, locked, now)
 
 
 async def list_ledger_entries(
@@ -524,9 +552,9 @@ async def settle_member(
     uow: UnitOfWork, program: Program, member_id: str, now: datetime
 ) -> MaintenanceReport:
     """Run what time does for one member (one short transaction per member in a pass)."""
-    locked = await _lock_member(uow, program, member_id)
+    locked = await lock_member(uow, program, member_id)
     tier_before = locked.tier
-    await _settle(uow, program, locked, now)
+    await settle(uow, program, locked, now)
     entries = locked.account.new_entries
     if not entries and locked.tier == tier_before:
         return MaintenanceReport()

@@ -70,6 +70,10 @@ def _program_from_row(row: Any) -> Program:
         negative_balance_policy=NegativeBalancePolicy(row.negative_balance_policy),
         late_purchase_window_days=row.late_purchase_window_days,
         point_value_minor_per_100_points=row.point_value_minor_per_100_points,
+        redemption_hold_seconds=row.redemption_hold_seconds,
+        redemption_cancel_window_days=row.redemption_cancel_window_days,
+        min_points_per_redemption=row.min_points_per_redemption,
+        max_redemption_share_percent=row.max_redemption_share_percent,
         create_time=row.create_time,
         update_time=row.update_time,
     )
@@ -95,6 +99,10 @@ def _program_values(p: Program) -> dict[str, Any]:
         "negative_balance_policy": p.negative_balance_policy.value,
         "late_purchase_window_days": p.late_purchase_window_days,
         "point_value_minor_per_100_points": p.point_value_minor_per_100_points,
+        "redemption_hold_seconds": p.redemption_hold_seconds,
+        "redemption_cancel_window_days": p.redemption_cancel_window_days,
+        "min_points_per_redemption": p.min_points_per_redemption,
+        "max_redemption_share_percent": p.max_redemption_share_percent,
         "create_time": p.create_time,
         "update_time": p.update_time,
     }
@@ -902,6 +910,20 @@ class AccountRepository(_Repository):
                 for line in lines
             ),
         )
+
+    async def return_recorded(self, program_id: str, member_id: str, return_id: str) -> bool:
+        """Whether the member already has a return with this id."""
+        r = t.returns
+        row = (
+            await self.conn.execute(
+                sa.select(r.c.return_id).where(
+                    r.c.program_id == program_id,
+                    r.c.member_id == member_id,
+                    r.c.return_id == return_id,
+                )
+            )
+        ).first()
+        return row is not None
 
     async def record_return(
         self,

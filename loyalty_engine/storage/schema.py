@@ -76,6 +76,10 @@ programs = sa.Table(
     sa.Column("negative_balance_policy", sa.String(24), nullable=False),
     sa.Column("late_purchase_window_days", sa.Integer, nullable=False),
     sa.Column("point_value_minor_per_100_points", sa.BigInteger, nullable=False),
+    sa.Column("redemption_hold_seconds", sa.Integer, nullable=False, server_default="0"),
+    sa.Column("redemption_cancel_window_days", sa.Integer, nullable=False, server_default="0"),
+    sa.Column("min_points_per_redemption", sa.BigInteger, nullable=False, server_default="0"),
+    sa.Column("max_redemption_share_percent", sa.Integer, nullable=False, server_default="0"),
     sa.Column("create_time", Ts, nullable=False),
     sa.Column("update_time", Ts, nullable=False),
 )
@@ -295,4 +299,82 @@ idempotency_keys = sa.Table(
     sa.Column("fingerprint", sa.String(64), nullable=False),
     sa.Column("response", sa.LargeBinary, nullable=True),
     sa.Column("create_time", Ts, nullable=False),
+)
+
+rewards = sa.Table(
+    "rewards",
+    metadata,
+    sa.Column("program_id", Id, sa.ForeignKey("programs.program_id"), primary_key=True),
+    sa.Column("reward_id", Id, primary_key=True),
+    sa.Column("display_name", sa.String(200), nullable=False),
+    sa.Column("description", sa.Text, nullable=False),
+    sa.Column("points_cost", Points, nullable=False),
+    sa.Column("kind", sa.String(24), nullable=False),
+    sa.Column("discount_minor", sa.BigInteger, nullable=False),
+    sa.Column("discount_currency", sa.String(3), nullable=False),
+    sa.Column("discount_percent", sa.Integer, nullable=False),
+    sa.Column("sku", sa.String(200), nullable=False),
+    sa.Column("min_tier_id", Id, nullable=True),
+    sa.Column("start_time", Ts, nullable=True),
+    sa.Column("end_time", Ts, nullable=True),
+    sa.Column("limit_per_member", sa.Integer, nullable=False),
+    # Units left after confirmed redemptions; NULL for unlimited. Holds are not subtracted
+    # here but counted from `redemptions`, so an expired hold needs no job to give its unit back.
+    sa.Column("stock", sa.BigInteger, nullable=True),
+    sa.Column("state", sa.String(16), nullable=False),
+    sa.Column("create_time", Ts, nullable=False),
+    sa.Column("update_time", Ts, nullable=False),
+    sa.CheckConstraint("stock IS NULL OR stock >= 0", name="stock_not_negative"),
+)
+
+redemptions = sa.Table(
+    "redemptions",
+    metadata,
+    sa.Column("program_id", Id, primary_key=True),
+    sa.Column("member_id", Id, primary_key=True),
+    sa.Column("redemption_id", Id, primary_key=True),
+    sa.Column("reward_id", Id, nullable=True),
+    sa.Column("points", Points, nullable=False),
+    sa.Column("state", sa.String(16), nullable=False),
+    sa.Column("create_time", Ts, nullable=False),
+    sa.Column("expire_time", Ts, nullable=True),
+    sa.Column("voucher_code", sa.String(32), nullable=False),
+    sa.Column("order_id", sa.String(200), nullable=False),
+    sa.Column("discount_minor", sa.BigInteger, nullable=False),
+    sa.Column("currency_code", sa.String(3), nullable=False),
+)
+sa.Index(
+    "ix_redemptions_reward_state",
+    redemptions.c.program_id,
+    redemptions.c.reward_id,
+    redemptions.c.state,
+    redemptions.c.expire_time,
+)
+sa.Index(
+    "ix_redemptions_member_reward",
+    redemptions.c.program_id,
+    redemptions.c.member_id,
+    redemptions.c.reward_id,
+    redemptions.c.state,
+)
+
+redemption_events = sa.Table(
+    "redemption_events",
+    metadata,
+    sa.Column("program_id", Id, primary_key=True),
+    sa.Column("member_id", Id, primary_key=True),
+    sa.Column("redemption_id", Id, primary_key=True),
+    sa.Column("seq", sa.Integer, primary_key=True),
+    sa.Column("state", sa.String(16), nullable=False),
+    sa.Column("event_time", Ts, nullable=False),
+)
+
+# Voucher codes are unique in a program; the claim makes a collision a retry, not a clash.
+voucher_codes = sa.Table(
+    "voucher_codes",
+    metadata,
+    sa.Column("program_id", Id, primary_key=True),
+    sa.Column("code", sa.String(32), primary_key=True),
+    sa.Column("member_id", Id, nullable=False),
+    sa.Column("redemption_id", Id, nullable=False),
 )

@@ -12,6 +12,7 @@ from loyalty_engine.storage.repositories import (
     MemberRepository,
     ProgramRepository,
 )
+from loyalty_engine.storage.rewards import RewardRepository
 
 
 class UnitOfWork:
@@ -26,6 +27,7 @@ class UnitOfWork:
     members: MemberRepository
     accounts: AccountRepository
     idempotency: IdempotencyRepository
+    rewards: RewardRepository
 
     def __init__(self, engine: AsyncEngine, *, dialect: str) -> None:
         self._engine = engine
@@ -52,6 +54,7 @@ class UnitOfWork:
         self.members = MemberRepository(conn, self.dialect)
         self.accounts = AccountRepository(conn, self.dialect)
         self.idempotency = IdempotencyRepository(conn, self.dialect)
+        self.rewards = RewardRepository(conn, self.dialect)
         self._committed = False
         return self
 

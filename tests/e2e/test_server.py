@@ -18,7 +18,6 @@ from loyalty_engine.gen.loyalty.v1 import member_service_pb2 as mp
 from loyalty_engine.gen.loyalty.v1 import points_service_pb2 as ps
 from loyalty_engine.gen.loyalty.v1 import points_service_pb2_grpc
 from loyalty_engine.gen.loyalty.v1 import program_service_pb2 as pp
-from loyalty_engine.gen.loyalty.v1 import reward_service_pb2 as rp
 
 V1_SERVICES = {
     "loyalty.v1.ProgramService",
@@ -63,8 +62,11 @@ async def test_reflection_describes_a_method_for_generic_clients(client) -> None
 
 
 async def test_pending_services_answer_unimplemented_with_a_reason(scenario, errors) -> None:
+    from loyalty_engine.gen.loyalty.v1 import offer_service_pb2, offer_service_pb2_grpc
+
+    offers = offer_service_pb2_grpc.OfferServiceStub(scenario.client.channel)
     code, reason, _ = await errors(
-        scenario.client.rewards.GetReward(rp.GetRewardRequest(name="programs/x/rewards/y"))
+        offers.GetOffer(offer_service_pb2.GetOfferRequest(name="programs/x/offers/y"))
     )
     assert (code, reason) == (grpc.StatusCode.UNIMPLEMENTED, "NOT_IMPLEMENTED")
 

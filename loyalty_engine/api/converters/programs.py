@@ -102,6 +102,10 @@ def program_from_proto(program_id: str, p: pb.Program) -> Program:
         ),
         late_purchase_window_days=p.late_purchase_window_days or DEFAULT_LATE_PURCHASE_WINDOW_DAYS,
         point_value_minor_per_100_points=p.point_value_minor_per_100_points,
+        redemption_hold_seconds=p.redemption_hold_seconds,
+        redemption_cancel_window_days=p.redemption_cancel_window_days,
+        min_points_per_redemption=p.min_points_per_redemption,
+        max_redemption_share_percent=p.max_redemption_share_percent,
     )
 
 
@@ -132,6 +136,10 @@ def program_to_proto(program: Program) -> pb.Program:
         negative_balance_policy=_reverse(_NEGATIVE)[program.negative_balance_policy],
         late_purchase_window_days=program.late_purchase_window_days,
         point_value_minor_per_100_points=program.point_value_minor_per_100_points,
+        redemption_hold_seconds=program.redemption_hold_seconds,
+        redemption_cancel_window_days=program.redemption_cancel_window_days,
+        min_points_per_redemption=program.min_points_per_redemption,
+        max_redemption_share_percent=program.max_redemption_share_percent,
     )
     set_timestamp(msg.create_time, program.create_time)
     set_timestamp(msg.update_time, program.update_time)
@@ -147,6 +155,10 @@ PROGRAM_UPDATABLE = {
     "negative_balance_policy",
     "late_purchase_window_days",
     "point_value_minor_per_100_points",
+    "redemption_hold_seconds",
+    "redemption_cancel_window_days",
+    "min_points_per_redemption",
+    "max_redemption_share_percent",
 }
 
 

@@ -231,6 +231,10 @@ class Program(_message.Message):
     POINT_VALUE_MINOR_PER_100_POINTS_FIELD_NUMBER: _builtins.int
     CREATE_TIME_FIELD_NUMBER: _builtins.int
     UPDATE_TIME_FIELD_NUMBER: _builtins.int
+    REDEMPTION_HOLD_SECONDS_FIELD_NUMBER: _builtins.int
+    REDEMPTION_CANCEL_WINDOW_DAYS_FIELD_NUMBER: _builtins.int
+    MIN_POINTS_PER_REDEMPTION_FIELD_NUMBER: _builtins.int
+    MAX_REDEMPTION_SHARE_PERCENT_FIELD_NUMBER: _builtins.int
     name: _builtins.str
     """The resource name, `programs/{program}`. Output only."""
     display_name: _builtins.str
@@ -245,6 +249,14 @@ class Program(_message.Message):
     """How many days late a purchase may be recorded (offline tills); 0 means the server default."""
     point_value_minor_per_100_points: _builtins.int
     """The money value of 100 points, in minor units (for liability and paying with points)."""
+    redemption_hold_seconds: _builtins.int
+    """How long a checkout hold keeps points and stock, in seconds; 0 means 900 (15 minutes)."""
+    redemption_cancel_window_days: _builtins.int
+    """Days a confirmed redemption can still be cancelled (order cancelled or returned); 0 = never."""
+    min_points_per_redemption: _builtins.int
+    """The fewest points RedeemPoints converts at once; 0 means no minimum."""
+    max_redemption_share_percent: _builtins.int
+    """The largest share of an order RedeemPoints may pay, in percent; 0 means 100."""
     @_builtins.property
     def earning_policy(self) -> Global___EarningPolicy:
         """How points are earned on purchases."""
@@ -280,10 +292,14 @@ class Program(_message.Message):
         point_value_minor_per_100_points: _builtins.int = ...,
         create_time: _timestamp_pb2.Timestamp | None = ...,
         update_time: _timestamp_pb2.Timestamp | None = ...,
+        redemption_hold_seconds: _builtins.int = ...,
+        redemption_cancel_window_days: _builtins.int = ...,
+        min_points_per_redemption: _builtins.int = ...,
+        max_redemption_share_percent: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["create_time", b"create_time", "earning_policy", b"earning_policy", "expiry_policy", b"expiry_policy", "tier_policy", b"tier_policy", "update_time", b"update_time"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["create_time", b"create_time", "currency_code", b"currency_code", "display_name", b"display_name", "earning_policy", b"earning_policy", "expiry_policy", b"expiry_policy", "late_purchase_window_days", b"late_purchase_window_days", "name", b"name", "negative_balance_policy", b"negative_balance_policy", "pending_days", b"pending_days", "point_value_minor_per_100_points", b"point_value_minor_per_100_points", "tier_policy", b"tier_policy", "update_time", b"update_time"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["create_time", b"create_time", "currency_code", b"currency_code", "display_name", b"display_name", "earning_policy", b"earning_policy", "expiry_policy", b"expiry_policy", "late_purchase_window_days", b"late_purchase_window_days", "max_redemption_share_percent", b"max_redemption_share_percent", "min_points_per_redemption", b"min_points_per_redemption", "name", b"name", "negative_balance_policy", b"negative_balance_policy", "pending_days", b"pending_days", "point_value_minor_per_100_points", b"point_value_minor_per_100_points", "redemption_cancel_window_days", b"redemption_cancel_window_days", "redemption_hold_seconds", b"redemption_hold_seconds", "tier_policy", b"tier_policy", "update_time", b"update_time"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
