@@ -29,4 +29,6 @@ EXPOSE 50051
 HEALTHCHECK --interval=30s --timeout=5s --start-period=15s --retries=3 \
   CMD ["loyalty-engine", "health", "--address", "127.0.0.1:50051"]
 ENTRYPOINT ["loyalty-engine"]
-CMD ["serve", "--migrate"]
+# Plaintext inside the container network; set LOYALTY_TLS_CERT_FILE and LOYALTY_TLS_KEY_FILE
+# (and LOYALTY_TLS_CLIENT_CA_FILE for mTLS) and drop --plaintext to serve TLS.
+CMD ["serve", "--migrate", "--plaintext"]

@@ -103,7 +103,7 @@ pytest: install postgres ## Run the test suite only (PYTEST_ARGS=... to filter)
 test: lint pytest ## Lint, then run the whole test suite
 
 serve: install ## Run the server on 127.0.0.1:50051 with SQLite ./loyalty.db and demo data
-	$(PY) -m loyalty_engine serve --migrate --seed-demo
+	$(PY) -m loyalty_engine serve --migrate --seed-demo --plaintext
 
 bench: install ## Run the benchmarks
 	$(PY) bench/run.py

@@ -6,6 +6,8 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 
+from loyalty_engine.api.auth import Authenticator
+from loyalty_engine.api.telemetry import Telemetry
 from loyalty_engine.config import Settings
 from loyalty_engine.storage.database import Database
 
@@ -22,6 +24,8 @@ class App:
     settings: Settings
     db: Database
     clock: Callable[[], datetime] = field(default=system_clock)
+    auth: Authenticator | None = None
+    telemetry: Telemetry = field(default_factory=Telemetry)
 
     async def close(self) -> None:
         """Release the database pool."""
@@ -30,8 +34,11 @@ class App:
 
 def build_app(settings: Settings, clock: Callable[[], datetime] = system_clock) -> App:
     """Build the application's dependencies; nothing here runs at import time."""
+    db = Database(settings.database_url, pool_size=settings.db_pool_size)
     return App(
         settings=settings,
-        db=Database(settings.database_url, pool_size=settings.db_pool_size),
+        db=db,
         clock=clock,
+        auth=Authenticator(db, clock) if settings.auth_required else None,
+        telemetry=Telemetry(db),
     )

@@ -6,11 +6,13 @@ import argparse
 import asyncio
 import contextlib
 import logging
+import os
 import sys
 from collections.abc import Sequence
 
+from loyalty_engine.api.telemetry import configure_logging
 from loyalty_engine.bootstrap import App, build_app
-from loyalty_engine.config import ConfigError, Settings, load_settings
+from loyalty_engine.config import ConfigError, Settings, check_transport, load_settings
 
 log = logging.getLogger("loyalty_engine")
 
@@ -39,6 +41,32 @@ def _parser() -> argparse.ArgumentParser:
     serve.add_argument(
         "--seed-demo", action="store_true", help="create the demo program if it is missing"
     )
+    serve.add_argument(
+        "--plaintext",
+        action="store_true",
+        default=None,
+        help="serve without TLS (env LOYALTY_PLAINTEXT); otherwise TLS files are required",
+    )
+    serve.add_argument(
+        "--metrics-address", help="host:port for Prometheus /metrics (env LOYALTY_METRICS_ADDRESS)"
+    )
+    serve.add_argument("--workers", type=int, help="processes sharing the port (env LOYALTY_WORKERS)")
+
+    keys = sub.add_parser("keys", help="manage API keys")
+    keys_sub = keys.add_subparsers(dest="keys_command", required=True)
+    create = keys_sub.add_parser("create", help="create an API key and print it (shown only once)")
+    _common(create)
+    owner = create.add_mutually_exclusive_group(required=True)
+    owner.add_argument("--program", help="the program the key belongs to")
+    owner.add_argument("--operator", action="store_true", help="a platform key (creates programs)")
+    create.add_argument(
+        "--scope",
+        action="append",
+        choices=["pos", "shop", "marketing", "admin"],
+        default=[],
+        help="repeatable; required with --program",
+    )
+    create.add_argument("--label", default="created by the CLI")
 
     migrate = sub.add_parser("migrate", help="apply pending database migrations")
     _common(migrate)
@@ -61,7 +89,15 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def _settings(args: argparse.Namespace) -> Settings:
-    keys = ("database_url", "log_level", "listen_address", "grace_period_seconds")
+    keys = (
+        "database_url",
+        "log_level",
+        "listen_address",
+        "grace_period_seconds",
+        "plaintext",
+        "metrics_address",
+        "workers",
+    )
     return load_settings(**{k: getattr(args, k, None) for k in keys})
 
 
@@ -91,30 +127,111 @@ async def _maintenance_loop(app: App) -> None:
                 program_ids = [p.program_id for p in await uow.programs.list_after("", 10_000)]
             for program_id in program_ids:
                 report = await run_maintenance(app.db.unit_of_work, program_id, app.clock())
+                app.telemetry.points_expired.inc(report.points_expired)
                 if report.members_changed:
                     log.info("maintenance %s: %s", program_id, report)
         except Exception:
             log.exception("maintenance pass failed; it runs again in %.0fs", interval)
 
 
-async def _serve(args: argparse.Namespace, settings: Settings) -> None:
-    from loyalty_engine.api.server import serve_until_signalled, start_server
-    from loyalty_engine.demo import how_to_call, seed_demo
+async def _prepare(args: argparse.Namespace, settings: Settings) -> str | None:
+    """Migrate and seed once, before any worker starts; returns a demo admin key if seeded."""
+    from loyalty_engine.demo import DEMO_PROGRAM, seed_demo
+    from loyalty_engine.domain.keys import Scope
+    from loyalty_engine.services.keys import create_key
 
     app = build_app(settings)
     try:
         await _ensure_schema(app, args.migrate)
-        if args.seed_demo and await seed_demo(app):
+        if not args.seed_demo:
+            return None
+        if await seed_demo(app):
             log.info("created the demo program")
-        running = await start_server(app)
-        host = settings.listen_address.rsplit(":", 1)[0]
-        print(how_to_call(f"{host}:{running.port}"), flush=True)
+        async with app.db.unit_of_work() as uow:
+            created = await create_key(
+                uow,
+                DEMO_PROGRAM,
+                "demo admin key (serve --seed-demo)",
+                frozenset({Scope.ADMIN}),
+                app.clock(),
+            )
+            await uow.commit()
+        return created.token
+    finally:
+        await app.close()
+
+
+async def _serve_worker(settings: Settings, reuse_port: bool, banner: str | None) -> None:
+    from loyalty_engine.api.server import serve_until_signalled, start_server
+
+    app = build_app(settings)
+    metrics = None
+    try:
+        running = await start_server(app, reuse_port=reuse_port)
+        if settings.metrics_address and not reuse_port:
+            metrics = app.telemetry.serve(settings.metrics_address)
+        if banner is not None:
+            print(banner.replace("{port}", str(running.port)), flush=True)
         background = []
         if settings.maintenance_interval_seconds > 0:
             background.append(asyncio.create_task(_maintenance_loop(app)))
         await serve_until_signalled(app, running, background)
     finally:
+        if metrics is not None:
+            metrics.shutdown()
         await app.close()
+
+
+def _worker_main(settings_json: str) -> None:
+    """Entry of a worker process (multiprocessing spawn): serve on the shared port."""
+    settings = Settings.model_validate_json(settings_json)
+    configure_logging(settings.log_level, settings.log_format == "json")
+    with contextlib.suppress(KeyboardInterrupt):
+        asyncio.run(_serve_worker(settings, True, None))
+
+
+def _serve(args: argparse.Namespace, settings: Settings) -> None:
+    from loyalty_engine.demo import how_to_call
+
+    check_transport(settings)
+    demo_key = asyncio.run(_prepare(args, settings))
+    host = settings.listen_address.rsplit(":", 1)[0]
+    banner = how_to_call(f"{host}:{{port}}", demo_key, tls=not settings.plaintext)
+    if settings.workers == 1:
+        with contextlib.suppress(KeyboardInterrupt):
+            asyncio.run(_serve_worker(settings, False, banner))
+        return
+    _serve_workers(settings, banner)
+
+
+def _serve_workers(settings: Settings, banner: str) -> None:
+    """N processes bound to one port with SO_REUSEPORT; the kernel spreads connections."""
+    import multiprocessing
+    import signal
+
+    if settings.listen_address.endswith(":0"):
+        raise ConfigError("invalid setting LOYALTY_WORKERS: workers need a fixed port, not :0")
+    context = multiprocessing.get_context("spawn")
+    workers = [
+        context.Process(target=_worker_main, args=(settings.model_dump_json(),), name=f"worker-{i}")
+        for i in range(settings.workers)
+    ]
+    for worker in workers:
+        worker.start()
+    print(banner.replace("{port}", settings.listen_address.rsplit(":", 1)[1]), flush=True)
+    log.info("serving with %d worker processes", len(workers))
+
+    def forward(signum: int, _frame: object) -> None:
+        for worker in workers:
+            if worker.pid is not None and worker.is_alive():
+                os.kill(worker.pid, signum)
+
+    signal.signal(signal.SIGTERM, forward)
+    signal.signal(signal.SIGINT, forward)
+    if settings.metrics_address:
+        log.warning("metrics are per process; with --workers the /metrics port is not served")
+    for worker in workers:
+        worker.join()
 
 
 async def _migrate(settings: Settings) -> None:
@@ -127,14 +244,45 @@ async def _migrate(settings: Settings) -> None:
 
 
 async def _demo(settings: Settings) -> None:
-    from loyalty_engine.demo import how_to_call, seed_demo
+    from loyalty_engine.demo import DEMO_PROGRAM, how_to_call, seed_demo
+    from loyalty_engine.domain.keys import Scope
+    from loyalty_engine.services.keys import create_key
 
     app = build_app(settings)
     try:
         await _ensure_schema(app, migrate=True)
         created = await seed_demo(app)
         print("created the demo program" if created else "the demo program exists already")
-        print(how_to_call(settings.listen_address))
+        async with app.db.unit_of_work() as uow:
+            key = await create_key(
+                uow, DEMO_PROGRAM, "demo admin key", frozenset({Scope.ADMIN}), app.clock()
+            )
+            await uow.commit()
+        print(how_to_call(settings.listen_address, key.token, tls=not settings.plaintext))
+    finally:
+        await app.close()
+
+
+async def _keys_create(settings: Settings, args: argparse.Namespace) -> None:
+    from loyalty_engine.domain.keys import OPERATOR_PROGRAM, Scope
+    from loyalty_engine.services.keys import create_key
+
+    if args.operator:
+        program_id, scopes = OPERATOR_PROGRAM, frozenset({Scope.OPERATOR})
+    else:
+        if not args.scope:
+            raise ConfigError("keys create --program needs at least one --scope")
+        program_id, scopes = args.program, frozenset(Scope(s) for s in args.scope)
+    app = build_app(settings)
+    try:
+        await _ensure_schema(app, migrate=False)
+        async with app.db.unit_of_work() as uow:
+            created = await create_key(uow, program_id, args.label, scopes, app.clock())
+            await uow.commit()
+        print(created.token)
+        print(
+            f"key id {created.key.key_id}; this is the only time the key is shown", file=sys.stderr
+        )
     finally:
         await app.close()
 
@@ -192,8 +340,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     try:
         if args.command == "serve":
-            with contextlib.suppress(KeyboardInterrupt):
-                asyncio.run(_serve(args, settings))
+            _serve(args, settings)
+        elif args.command == "keys":
+            asyncio.run(_keys_create(settings, args))
         elif args.command == "migrate":
             asyncio.run(_migrate(settings))
         elif args.command == "demo":

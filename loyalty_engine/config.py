@@ -30,6 +30,18 @@ class Settings(BaseSettings):
     maintenance_interval_seconds: float = Field(
         default=3600.0, ge=0, description="how often serve runs expiry and tier reviews; 0 = never"
     )
+    auth_required: bool = Field(
+        default=True, description="require API keys (turn off only in tests)"
+    )
+    plaintext: bool = Field(default=False, description="serve without TLS; only when asked for")
+    tls_cert_file: str = ""
+    tls_key_file: str = ""
+    tls_client_ca_file: str = Field(default="", description="require client certificates (mTLS)")
+    max_message_bytes: int = Field(default=4 * 1024 * 1024, ge=1024, le=256 * 1024 * 1024)
+    max_concurrent_rpcs: int = Field(default=1000, ge=1, le=1_000_000)
+    metrics_address: str = Field(default="", description="host:port for /metrics; empty = off")
+    workers: int = Field(default=1, ge=1, le=64)
+    log_format: str = Field(default="json")
 
     @field_validator("database_url")
     @classmethod
@@ -52,6 +64,18 @@ class Settings(BaseSettings):
             raise ValueError("must be host:port, such as 127.0.0.1:50051 or [::]:50051")
         return value
 
+    @field_validator("metrics_address")
+    @classmethod
+    def _metrics(cls, value: str) -> str:
+        return cls._host_port(value) if value else value
+
+    @field_validator("log_format")
+    @classmethod
+    def _format(cls, value: str) -> str:
+        if value not in ("json", "text"):
+            raise ValueError("must be json or text")
+        return value
+
     @field_validator("log_level")
     @classmethod
     def _level(cls, value: str) -> str:
@@ -59,6 +83,27 @@ class Settings(BaseSettings):
         if upper not in logging.getLevelNamesMapping():
             raise ValueError("must be DEBUG, INFO, WARNING, ERROR or CRITICAL")
         return upper
+
+
+def check_transport(settings: Settings) -> None:
+    """TLS files exist, or plaintext was asked for: never plaintext by accident."""
+    from pathlib import Path
+
+    if settings.tls_cert_file or settings.tls_key_file:
+        for name in ("tls_cert_file", "tls_key_file", "tls_client_ca_file"):
+            path = getattr(settings, name)
+            if (name != "tls_client_ca_file" or path) and not Path(path).is_file():
+                raise ConfigError(f"invalid setting LOYALTY_{name.upper()}: no such file {path!r}")
+        return
+    if settings.tls_client_ca_file:
+        raise ConfigError(
+            "invalid setting LOYALTY_TLS_CLIENT_CA_FILE: needs LOYALTY_TLS_CERT_FILE and KEY_FILE"
+        )
+    if not settings.plaintext:
+        raise ConfigError(
+            "invalid setting LOYALTY_PLAINTEXT (--plaintext): set LOYALTY_TLS_CERT_FILE and "
+            "LOYALTY_TLS_KEY_FILE, or ask for plaintext explicitly"
+        )
 
 
 def load_settings(**overrides: Any) -> Settings:

@@ -112,24 +112,29 @@ async def seed_demo(app: App) -> bool:
     return True
 
 
-def how_to_call(address: str) -> str:
+def how_to_call(address: str, api_key: str | None = None, *, tls: bool = False) -> str:
     """Instructions printed by `serve` and `demo`."""
     member = f"programs/{DEMO_PROGRAM}/members"
     when = datetime.now(UTC).isoformat(timespec="seconds").replace("+00:00", "Z")
     purchase = (
-        f'{{"request_id": "r-1", "member": "{member}/maria", "purchase": {{"order_id": "o-1", '
-        f'"purchase_time": "{when}", "total": {{"amount_minor": 2500, "currency_code": "EUR"}}}}}}'
+        f'{{"request_id": "r-{when}", "member": "{member}/maria", "purchase": {{"order_id": '
+        f'"o-{when}", "purchase_time": "{when}", "total": {{"amount_minor": 2500, '
+        '"currency_code": "EUR"}}}'
     )
-    return "\n".join(
-        [
-            f"loyalty-engine is serving on {address}",
-            f"  list services: grpcurl -plaintext {address} list",
-            f"  health:        grpcurl -plaintext {address} grpc.health.v1.Health/Check",
-            f'  a balance:     grpcurl -plaintext -d \'{{"member": "{member}/john"}}\' '
-            f"{address} loyalty.v1.PointsService/GetBalance",
-            f"  a purchase:    grpcurl -plaintext -d '{purchase}' "
-            f"{address} loyalty.v1.PointsService/RecordPurchase",
-            "  buf curl works too: buf curl --protocol grpc --http2-prior-knowledge "
-            f"http://{address}/loyalty.v1.PointsService/GetBalance -d '{{...}}'",
-        ]
-    )
+    flags = "" if tls else "-plaintext "
+    auth = f"-H 'authorization: Bearer {api_key}' " if api_key else ""
+    lines = [f"loyalty-engine is serving on {address}" + ("" if tls else " (plaintext)")]
+    if api_key:
+        lines.append(f"  demo admin key (shown once): {api_key}")
+    lines += [
+        f"  list services: grpcurl {flags}{address} list",
+        f"  health:        grpcurl {flags}{address} grpc.health.v1.Health/Check",
+        f'  a balance:     grpcurl {flags}{auth}-d \'{{"member": "{member}/john"}}\' '
+        f"{address} loyalty.v1.PointsService/GetBalance",
+        f"  a purchase:    grpcurl {flags}{auth}-d '{purchase}' "
+        f"{address} loyalty.v1.PointsService/RecordPurchase",
+        "  buf curl works too: buf curl --protocol grpc --http2-prior-knowledge "
+        f"{auth.replace('-H', '--header')}http://{address}/loyalty.v1.PointsService/GetBalance "
+        "-d '{...}'",
+    ]
+    return "\n".join(lines)

@@ -157,7 +157,9 @@ def clock() -> FakeClock:
 @pytest.fixture
 async def app(database_url: str, clock: FakeClock) -> AsyncIterator[App]:
     """The application on a migrated database of the test's backend, with a fake clock."""
-    application = build_app(load_settings(database_url=database_url, db_pool_size=20), clock=clock)
+    application = build_app(
+        load_settings(database_url=database_url, db_pool_size=20, plaintext=True), clock=clock
+    )
     if database_url not in _migrated:
         await upgrade(application.db)
         _migrated.add(database_url)
@@ -165,6 +167,50 @@ async def app(database_url: str, clock: FakeClock) -> AsyncIterator[App]:
         yield application
     finally:
         await application.close()
+
+
+@pytest.fixture
+async def operator_key(app: App) -> str:
+    """A platform (operator) key: the default caller of the e2e tests, allowed everything."""
+    from loyalty_engine.domain.keys import OPERATOR_PROGRAM, Scope
+    from loyalty_engine.services.keys import create_key
+
+    async with app.db.unit_of_work() as uow:
+        created = await create_key(
+            uow, OPERATOR_PROGRAM, "tests", frozenset({Scope.OPERATOR}), app.clock()
+        )
+        await uow.commit()
+    return created.token
+
+
+class BearerAuth(
+    grpc.aio.UnaryUnaryClientInterceptor,
+    grpc.aio.UnaryStreamClientInterceptor,
+    grpc.aio.StreamUnaryClientInterceptor,
+    grpc.aio.StreamStreamClientInterceptor,
+):
+    """Adds `authorization: Bearer <key>` to every call of a channel."""
+
+    def __init__(self, token: str) -> None:
+        self.token = token
+
+    def _with_key(self, details: Any) -> Any:
+        metadata = list(details.metadata or ())
+        if not any(k == "authorization" for k, _ in metadata):
+            metadata.append(("authorization", f"Bearer {self.token}"))
+        return details._replace(metadata=metadata)
+
+    async def intercept_unary_unary(self, continuation: Any, details: Any, request: Any) -> Any:
+        return await continuation(self._with_key(details), request)
+
+    async def intercept_unary_stream(self, continuation: Any, details: Any, request: Any) -> Any:
+        return await continuation(self._with_key(details), request)
+
+    async def intercept_stream_unary(self, continuation: Any, details: Any, requests: Any) -> Any:
+        return await continuation(self._with_key(details), requests)
+
+    async def intercept_stream_stream(self, continuation: Any, details: Any, requests: Any) -> Any:
+        return await continuation(self._with_key(details), requests)
 
 
 @dataclass
@@ -180,13 +226,13 @@ class Client:
 
 
 @pytest.fixture
-async def client(app: App) -> AsyncIterator[Client]:
-    """A real grpc.aio server on a free port, and a real client channel to it."""
+async def client(app: App, operator_key: str) -> AsyncIterator[Client]:
+    """A real grpc.aio server on a free port, and a real client channel to it (operator key)."""
     from loyalty_engine.api.server import start_server
 
     running = await start_server(app, "127.0.0.1:0")
     address = f"127.0.0.1:{running.port}"
-    channel = grpc.aio.insecure_channel(address)
+    channel = grpc.aio.insecure_channel(address, interceptors=[BearerAuth(operator_key)])
     try:
         yield Client(
             channel=channel,

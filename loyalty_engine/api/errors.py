@@ -8,8 +8,10 @@ its traceback and answered INTERNAL without internals in the message.
 
 from __future__ import annotations
 
+import asyncio
 import functools
 import logging
+import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any, TypeVar
 
@@ -18,6 +20,7 @@ from google.protobuf import any_pb2
 from google.rpc import error_details_pb2, status_pb2
 from sqlalchemy import exc as sa_exc
 
+from loyalty_engine.api.auth import referenced_programs
 from loyalty_engine.domain import errors as de
 
 log = logging.getLogger(__name__)
@@ -103,19 +106,69 @@ def translate(exc: BaseException) -> de.DomainError | None:
     return None
 
 
+def classify(exc: BaseException, method: str) -> tuple[grpc.StatusCode, de.DomainError]:
+    """The status code and domain error an exception ends a call with (bugs are logged)."""
+    error = translate(exc)
+    if error is None:
+        log.error("internal error in %s", method, exc_info=exc)
+        return grpc.StatusCode.INTERNAL, de.DomainError("INTERNAL", "internal error")
+    return status_code(error), error
+
+
 async def abort(
     context: grpc.aio.ServicerContext[Any, Any], exc: BaseException, method: str
 ) -> None:
     """End the call with the status `exc` maps to (never returns)."""
-    error = translate(exc)
-    if error is None:
-        log.error("internal error in %s", method, exc_info=exc)
-        error = de.DomainError("INTERNAL", "internal error")
-        code = grpc.StatusCode.INTERNAL
-    else:
-        code = status_code(error)
-    status = rich_status(code, error)
-    await context.abort(code, error.message, trailing_metadata=_trailers(status))
+    code, error = classify(exc, method)
+    await abort_with(context, code, error)
+
+
+async def abort_with(
+    context: grpc.aio.ServicerContext[Any, Any], code: grpc.StatusCode, error: de.DomainError
+) -> None:
+    """End the call with `code` and a rich status for `error` (never returns)."""
+    await context.abort(code, error.message, trailing_metadata=_trailers(rich_status(code, error)))
+
+
+class RpcBoundary:
+    """Around every RPC: authorization, the error mapping, metrics and the log line."""
+
+    def __init__(self, app: Any, method: str) -> None:
+        self.app = app
+        self.method = method
+        self.code = "OK"
+        self.reason = ""
+        self.request_id = ""
+        self.program = ""
+        self._started = time.perf_counter()
+
+    def note_request(self, request: Any) -> None:
+        """Remember what the log line may say about the request (ids only, never data)."""
+        request_id = str(getattr(request, "request_id", "") or "")[:128]
+        self.request_id = request_id if request_id.isprintable() else "<unprintable>"
+        self.program = next(iter(referenced_programs(request)), "")[:64]
+
+    async def authorize(self, request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> None:
+        """Check the caller's key (skipped when auth is switched off)."""
+        if self.app.auth is not None:
+            await self.app.auth.authorize(self.method, request, context)
+
+    async def fail(self, context: grpc.aio.ServicerContext[Any, Any], exc: BaseException) -> None:
+        """Abort the call for `exc`, remembering its code for the log line."""
+        code, error = classify(exc, self.method)
+        self.code, self.reason = code.name, error.reason
+        await abort_with(context, code, error)
+
+    def finish(self) -> None:
+        """Count and log the call."""
+        self.app.telemetry.observe(
+            self.method,
+            self.code,
+            time.perf_counter() - self._started,
+            self.request_id,
+            self.program,
+            self.reason,
+        )
 
 
 Req = TypeVar("Req")
@@ -125,19 +178,27 @@ Resp = TypeVar("Resp")
 def grpc_method(
     func: Callable[[Any, Req, grpc.aio.ServicerContext[Req, Resp]], Awaitable[Resp]],
 ) -> Callable[[Any, Req, grpc.aio.ServicerContext[Req, Resp]], Awaitable[Resp]]:
-    """Decorate a unary servicer method so every error leaves through `abort`."""
+    """Decorate a unary servicer method: authorize, map errors, observe."""
 
     @functools.wraps(func)
     async def wrapper(
         self: Any, request: Req, context: grpc.aio.ServicerContext[Req, Resp]
     ) -> Resp:
+        boundary = RpcBoundary(self.app, f"{self.SERVICE}/{func.__name__}")
         try:
+            boundary.note_request(request)
+            await boundary.authorize(request, context)
             return await func(self, request, context)
         except grpc.aio.AbortError:
             raise
+        except asyncio.CancelledError:
+            boundary.code = "CANCELLED"
+            raise
         except Exception as exc:
-            await abort(context, exc, func.__qualname__)
+            await boundary.fail(context, exc)
             raise AssertionError("unreachable: abort raises") from exc
+        finally:
+            boundary.finish()
 
     return wrapper
 
@@ -145,18 +206,53 @@ def grpc_method(
 def grpc_stream_method(
     func: Callable[[Any, Req, grpc.aio.ServicerContext[Req, Resp]], AsyncIterator[Resp]],
 ) -> Callable[[Any, Req, grpc.aio.ServicerContext[Req, Resp]], AsyncIterator[Resp]]:
-    """Decorate a server-streaming servicer method so every error leaves through `abort`."""
+    """Decorate a server-streaming servicer method: authorize, map errors, observe."""
 
     @functools.wraps(func)
     async def wrapper(
         self: Any, request: Req, context: grpc.aio.ServicerContext[Req, Resp]
     ) -> AsyncIterator[Resp]:
+        boundary = RpcBoundary(self.app, f"{self.SERVICE}/{func.__name__}")
         try:
+            boundary.note_request(request)
+            await boundary.authorize(request, context)
             async for item in func(self, request, context):
                 yield item
         except grpc.aio.AbortError:
             raise
+        except asyncio.CancelledError:
+            boundary.code = "CANCELLED"
+            raise
         except Exception as exc:
-            await abort(context, exc, func.__qualname__)
+            await boundary.fail(context, exc)
+        finally:
+            boundary.finish()
+
+    return wrapper
+
+
+def grpc_client_stream_method(
+    func: Callable[[Any, Any, grpc.aio.ServicerContext[Any, Any]], Awaitable[Resp]],
+) -> Callable[[Any, Any, grpc.aio.ServicerContext[Any, Any]], Awaitable[Resp]]:
+    """Decorate a client-streaming method: authorize the method; the handler checks tenants."""
+
+    @functools.wraps(func)
+    async def wrapper(
+        self: Any, requests: Any, context: grpc.aio.ServicerContext[Any, Any]
+    ) -> Resp:
+        boundary = RpcBoundary(self.app, f"{self.SERVICE}/{func.__name__}")
+        try:
+            await boundary.authorize(None, context)
+            return await func(self, requests, context)
+        except grpc.aio.AbortError:
+            raise
+        except asyncio.CancelledError:
+            boundary.code = "CANCELLED"
+            raise
+        except Exception as exc:
+            await boundary.fail(context, exc)
+            raise AssertionError("unreachable: abort raises") from exc
+        finally:
+            boundary.finish()
 
     return wrapper

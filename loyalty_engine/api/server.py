@@ -6,6 +6,7 @@ import asyncio
 import logging
 import signal
 from dataclasses import dataclass
+from pathlib import Path
 
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
@@ -17,6 +18,7 @@ from loyalty_engine.api.servicers.programs import ProgramServicer
 from loyalty_engine.api.servicers.rewards import RewardServicer
 from loyalty_engine.api.servicers.unimplemented import PENDING_SERVICES, pending_handlers
 from loyalty_engine.bootstrap import App
+from loyalty_engine.config import Settings
 from loyalty_engine.gen.loyalty.v1 import (
     member_service_pb2,
     member_service_pb2_grpc,
@@ -53,20 +55,39 @@ class RunningServer:
         await self.server.stop(grace)
 
 
-async def start_server(app: App, address: str | None = None) -> RunningServer:
+def server_credentials(settings: Settings) -> grpc.ServerCredentials | None:
+    """TLS (and mTLS with a client CA) from the configured files; None for plaintext."""
+    if not settings.tls_cert_file:
+        return None
+    key = Path(settings.tls_key_file).read_bytes()
+    cert = Path(settings.tls_cert_file).read_bytes()
+    client_ca = (
+        Path(settings.tls_client_ca_file).read_bytes() if settings.tls_client_ca_file else None
+    )
+    return grpc.ssl_server_credentials(
+        [(key, cert)], root_certificates=client_ca, require_client_auth=client_ca is not None
+    )
+
+
+async def start_server(
+    app: App, address: str | None = None, *, reuse_port: bool = False
+) -> RunningServer:
     """Build and start the server on `address` (port 0 picks a free port)."""
+    settings = app.settings
     server = grpc.aio.server(
         options=[
-            ("grpc.max_receive_message_length", 4 * 1024 * 1024),
-            ("grpc.max_send_message_length", 16 * 1024 * 1024),
-            ("grpc.so_reuseport", 0),
-        ]
+            ("grpc.max_receive_message_length", settings.max_message_bytes),
+            ("grpc.max_send_message_length", settings.max_message_bytes),
+            ("grpc.so_reuseport", 1 if reuse_port else 0),
+        ],
+        # Beyond this many calls in flight, new ones get RESOURCE_EXHAUSTED at once.
+        maximum_concurrent_rpcs=settings.max_concurrent_rpcs,
     )
     program_service_pb2_grpc.add_ProgramServiceServicer_to_server(ProgramServicer(app), server)
     member_service_pb2_grpc.add_MemberServiceServicer_to_server(MemberServicer(app), server)
     points_service_pb2_grpc.add_PointsServiceServicer_to_server(PointsServicer(app), server)
     reward_service_pb2_grpc.add_RewardServiceServicer_to_server(RewardServicer(app), server)
-    server.add_generic_rpc_handlers(tuple(pending_handlers()))
+    server.add_generic_rpc_handlers(tuple(pending_handlers(app)))
 
     health_servicer = health.aio.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
@@ -78,9 +99,14 @@ async def start_server(app: App, address: str | None = None) -> RunningServer:
         ),
         server,
     )
-    port = server.add_insecure_port(address or app.settings.listen_address)
+    target = address or settings.listen_address
+    credentials = server_credentials(settings)
+    if credentials is None:
+        port = server.add_insecure_port(target)
+    else:
+        port = server.add_secure_port(target, credentials)
     if port == 0:
-        raise OSError(f"cannot listen on {address or app.settings.listen_address}")
+        raise OSError(f"cannot listen on {target}")
     await server.start()
     for name in ("", *SERVICE_NAMES):
         await health_servicer.set(name, health_pb2.HealthCheckResponse.SERVING)

@@ -76,8 +76,13 @@ async def exactly_once(
     work: Callable[[UnitOfWork], Awaitable[R]],
     encode: Callable[[R], M],
     response_type: type[M],
+    on_commit: Callable[[R], None] | None = None,
 ) -> M:
-    """Run `work` once per request id; a repeat returns the first response."""
+    """Run `work` once per request id; a repeat returns the first response.
+
+    `on_commit` runs once, after the first successful commit (business metrics), never on
+    a replay.
+    """
     check_request_id(request_id)
     print_ = fingerprint(method, request)
     for attempt in range(MAX_ATTEMPTS):
@@ -94,11 +99,14 @@ async def exactly_once(
                             metadata={"field": "request_id", "method": stored.method},
                         )
                     return response_type.FromString(stored.response)
-                response = encode(await work(uow))
+                result = await work(uow)
+                response = encode(result)
                 await uow.idempotency.complete(
                     program_id, member_id, request_id, response.SerializeToString()
                 )
                 await uow.commit()
+                if on_commit is not None:
+                    on_commit(result)
                 return response
         except sa_exc.DBAPIError as exc:
             if not _is_transient_conflict(exc) or attempt == MAX_ATTEMPTS - 1:

@@ -205,7 +205,9 @@ class PointsAccount:
             earned_time=earned_time,
             available_time=available_time,
             expiry=expiry,
-            pending=available_time > now,
+            # No hold means available at once, even for a sale stamped a little ahead of
+            # `now` by a till whose clock runs fast.
+            pending=hold_days > 0 and available_time > now,
         )
         if lot.pending:
             self._record(EntryKind.PENDING, 0, points, now, order_id=order_id, lot_id=lot.lot_id)

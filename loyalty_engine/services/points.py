@@ -11,11 +11,12 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
-from loyalty_engine.domain.calendar import add_days, add_months
+from loyalty_engine.domain.calendar import add_days, add_months, latest_start
 from loyalty_engine.domain.earning import AwardComponent, LineItem, compute_award, cumulative_share
 from loyalty_engine.domain.errors import (
     AlreadyExists,
     FailedPrecondition,
+    FieldViolation,
     InvalidArgument,
     NotFound,
     OutOfRange,
@@ -218,12 +219,20 @@ def _validate_purchase(
             reason="CURRENCY_MISMATCH",
             message=f"purchase.total.currency_code: the program records {program.currency_code}",
             metadata={"field": "purchase.total.currency_code", "expected": program.currency_code},
+            violations=[
+                FieldViolation("purchase.total.currency_code", f"must be {program.currency_code}")
+            ],
         )
     if cmd.lines and sum(line.amount_minor for line in cmd.lines) != cmd.total_minor:
         raise InvalidArgument(
             reason="LINE_ITEMS_MISMATCH",
             message="purchase.line_items: quantity x unit price must add up to the total",
             metadata={"field": "purchase.line_items"},
+            violations=[
+                FieldViolation(
+                    "purchase.line_items", "quantity x unit price must add up to the total"
+                )
+            ],
         )
     if cmd.purchase_time > now + CLOCK_SKEW:
         raise OutOfRange(
@@ -568,7 +577,8 @@ async def settle_member(
 
 
 def inactivity_cutoff(program: Program, now: datetime) -> datetime | None:
-    """Members last active before this have expired points (AFTER_INACTIVITY only)."""
+    """Members last active at or before this have expired points (AFTER_INACTIVITY only)."""
     if program.expiry.mode is ExpiryMode.AFTER_INACTIVITY:
-        return add_months(now, -program.expiry.months)
+        # Exactly the members whose deadline (last activity + months) settle finds passed.
+        return latest_start(now, program.expiry.months)
     return None

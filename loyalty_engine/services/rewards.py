@@ -153,17 +153,20 @@ async def list_rewards(
 ) -> list[MemberReward]:
     """The catalog; for a member, each reward with whether they can redeem it and why not."""
     program = await load_program(uow, program_id)
-    rewards = await uow.rewards.list_after(program_id, after_id, limit)
+    # Archived rewards are left out in the query, not after it: a page filtered after the
+    # limit would come back short and end the listing early.
+    rewards = await uow.rewards.list_after(
+        program_id, after_id, limit, active_only=member_id is not None
+    )
     if member_id is None:
         return [MemberReward(r, Eligibility((), 0)) for r in rewards]
     locked = await lock_member(uow, program, member_id)
     await settle(uow, program, locked, now)
     await uow.accounts.save(locked, now)
     counts = await uow.rewards.member_redemption_counts(program_id, member_id, now)
-    visible = [r for r in rewards if r.state is RewardState.ACTIVE]
     return [
         MemberReward(r, eligibility(r, await _standing(uow, program, locked, r, now, counts), now))
-        for r in visible
+        for r in rewards
     ]
 
 

@@ -19,7 +19,8 @@ class Database:
         parsed = make_url(url)
         self.url = parsed
         self.backend = parsed.get_backend_name()
-        kwargs: dict[str, Any] = {"echo": echo}
+        # Parameters may hold personal data; errors and logs must not show them.
+        kwargs: dict[str, Any] = {"echo": echo, "hide_parameters": True}
         if self.backend == "postgresql":
             kwargs.update(pool_size=pool_size, max_overflow=pool_size, pool_pre_ping=True)
         elif self.backend == "sqlite":

@@ -88,14 +88,16 @@ class RewardRepository(_Repository):
         row = (await self.conn.execute(stmt)).first()
         return _reward_from_row(row) if row else None
 
-    async def list_after(self, program_id: str, after_id: str, limit: int) -> list[Reward]:
-        """Rewards by id after `after_id`."""
-        rows = await self.conn.execute(
-            sa.select(t.rewards)
-            .where(t.rewards.c.program_id == program_id, t.rewards.c.reward_id > after_id)
-            .order_by(t.rewards.c.reward_id)
-            .limit(limit)
+    async def list_after(
+        self, program_id: str, after_id: str, limit: int, *, active_only: bool = False
+    ) -> list[Reward]:
+        """Rewards by id after `after_id`; `active_only` leaves archived ones out."""
+        stmt = sa.select(t.rewards).where(
+            t.rewards.c.program_id == program_id, t.rewards.c.reward_id > after_id
         )
+        if active_only:
+            stmt = stmt.where(t.rewards.c.state == RewardState.ACTIVE.value)
+        rows = await self.conn.execute(stmt.order_by(t.rewards.c.reward_id).limit(limit))
         return [_reward_from_row(r) for r in rows]
 
     async def update(self, program_id: str, reward: Reward, now: datetime) -> None:

@@ -378,3 +378,18 @@ voucher_codes = sa.Table(
     sa.Column("member_id", Id, nullable=False),
     sa.Column("redemption_id", Id, nullable=False),
 )
+
+# API keys: the secret is stored only as a hash; the operator's keys have program_id "".
+api_keys = sa.Table(
+    "api_keys",
+    metadata,
+    sa.Column("program_id", Id, primary_key=True),
+    sa.Column("key_id", sa.String(32), primary_key=True),
+    sa.Column("label", sa.String(200), nullable=False),
+    sa.Column("scopes", sa.JSON, nullable=False),
+    sa.Column("secret_hash", sa.String(64), nullable=False),
+    sa.Column("create_time", Ts, nullable=False),
+    sa.Column("expire_time", Ts, nullable=True),
+    sa.Column("revoke_time", Ts, nullable=True),
+)
+sa.Index("ix_api_keys_key_id", api_keys.c.key_id, unique=True)

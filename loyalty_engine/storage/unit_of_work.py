@@ -6,6 +6,7 @@ from types import TracebackType
 
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
+from loyalty_engine.storage.keys import ApiKeyRepository
 from loyalty_engine.storage.repositories import (
     AccountRepository,
     IdempotencyRepository,
@@ -28,6 +29,7 @@ class UnitOfWork:
     accounts: AccountRepository
     idempotency: IdempotencyRepository
     rewards: RewardRepository
+    keys: ApiKeyRepository
 
     def __init__(self, engine: AsyncEngine, *, dialect: str) -> None:
         self._engine = engine
@@ -55,6 +57,7 @@ class UnitOfWork:
         self.accounts = AccountRepository(conn, self.dialect)
         self.idempotency = IdempotencyRepository(conn, self.dialect)
         self.rewards = RewardRepository(conn, self.dialect)
+        self.keys = ApiKeyRepository(conn, self.dialect)
         self._committed = False
         return self
 

@@ -11,6 +11,7 @@ import sys
 from pathlib import Path
 
 import grpc
+import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 
@@ -130,17 +131,41 @@ def _cli(*args: str) -> list[str]:
     return [sys.executable, "-m", "loyalty_engine", *args]
 
 
-async def test_serve_command_migrates_seeds_serves_and_stops_on_sigterm(tmp_path: Path) -> None:
-    """What `make serve` runs, on a fresh SQLite file: demo data, reflection, health, clean exit."""
+async def _read_until(stream: asyncio.StreamReader, marker: str, seen: list[str]) -> str:
+    while True:
+        line = (await stream.readline()).decode()
+        if not line:
+            raise AssertionError(f"output ended before {marker!r}: {''.join(seen)}")
+        seen.append(line)
+        if marker in line:
+            return line
+
+
+async def _serve_and_check(tmp_path: Path, *extra: str) -> str:
+    """Start `serve` as `make serve` does; check reflection, health and a keyed call; SIGTERM."""
     port = _free_port()
     env = {**os.environ, "LOYALTY_DATABASE_URL": f"sqlite+aiosqlite:///{tmp_path / 'loyalty.db'}"}
     process = await asyncio.create_subprocess_exec(
-        *_cli("serve", "--migrate", "--seed-demo", "--listen-address", f"127.0.0.1:{port}"),
+        *_cli(
+            "serve",
+            "--migrate",
+            "--seed-demo",
+            "--plaintext",
+            "--listen-address",
+            f"127.0.0.1:{port}",
+            *extra,
+        ),
         env=env,
         stdout=asyncio.subprocess.PIPE,
         stderr=asyncio.subprocess.STDOUT,
     )
+    seen: list[str] = []
     try:
+        assert process.stdout is not None
+        key_line = await asyncio.wait_for(
+            _read_until(process.stdout, "demo admin key", seen), timeout=60
+        )
+        demo_key = key_line.rsplit(" ", 1)[1].strip()
         async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as channel:
             await asyncio.wait_for(channel.channel_ready(), timeout=30)
             assert await _list_services(channel) >= V1_SERVICES
@@ -148,20 +173,35 @@ async def test_serve_command_migrates_seeds_serves_and_stops_on_sigterm(tmp_path
                 health_pb2.HealthCheckRequest()
             )
             assert health.status == health_pb2.HealthCheckResponse.SERVING
-            balance = await points_service_pb2_grpc.PointsServiceStub(channel).GetBalance(
-                ps.GetBalanceRequest(member="programs/demo/members/john")
+            points = points_service_pb2_grpc.PointsServiceStub(channel)
+            request = ps.GetBalanceRequest(member="programs/demo/members/john")
+            with pytest.raises(grpc.aio.AioRpcError) as caught:
+                await points.GetBalance(request)
+            assert caught.value.code() == grpc.StatusCode.UNAUTHENTICATED
+            balance = await points.GetBalance(
+                request, metadata=(("authorization", f"Bearer {demo_key}"),)
             )
             assert balance.balance.available_points > 0
         process.send_signal(signal.SIGTERM)
         raw, _ = await asyncio.wait_for(process.communicate(), timeout=30)
-        output = raw.decode()
+        output = "".join(seen) + raw.decode()
     finally:
         if process.returncode is None:
             process.kill()
             await process.communicate()
     assert process.returncode == 0, output
+    return output
+
+
+async def test_serve_command_migrates_seeds_serves_and_stops_on_sigterm(tmp_path: Path) -> None:
+    """What `make serve` runs, on a fresh SQLite file: demo data and key, reflection, health."""
+    output = await _serve_and_check(tmp_path)
     assert "grpcurl -plaintext" in output
     assert "shutting down" in output
+
+
+async def test_serve_with_two_workers_shares_the_port(tmp_path: Path) -> None:
+    await _serve_and_check(tmp_path, "--workers", "2")
 
 
 def test_config_error_stops_start_with_one_line_naming_the_setting(tmp_path: Path) -> None:
@@ -175,10 +215,20 @@ def test_config_error_stops_start_with_one_line_naming_the_setting(tmp_path: Pat
     assert "LOYALTY_LISTEN_ADDRESS" in lines[0]
 
 
+def test_serve_refuses_plaintext_unless_asked(tmp_path: Path) -> None:
+    env = {**os.environ, "LOYALTY_DATABASE_URL": f"sqlite+aiosqlite:///{tmp_path / 'x.db'}"}
+    result = subprocess.run(
+        _cli("serve"), env=env, capture_output=True, text=True, timeout=60, check=False
+    )
+    assert result.returncode == 2
+    assert "LOYALTY_PLAINTEXT" in result.stderr
+    assert "LOYALTY_TLS_CERT_FILE" in result.stderr
+
+
 def test_serve_refuses_an_unmigrated_database(tmp_path: Path) -> None:
     env = {**os.environ, "LOYALTY_DATABASE_URL": f"sqlite+aiosqlite:///{tmp_path / 'empty.db'}"}
     result = subprocess.run(
-        _cli("serve", "--listen-address", f"127.0.0.1:{_free_port()}"),
+        _cli("serve", "--plaintext", "--listen-address", f"127.0.0.1:{_free_port()}"),
         env=env,
         capture_output=True,
         text=True,

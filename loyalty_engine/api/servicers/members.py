@@ -39,6 +39,8 @@ _LOOKUP_KEYS = {
 class MemberServicer(pb_grpc.MemberServiceServicer):
     """Members."""
 
+    SERVICE = "loyalty.v1.MemberService"
+
     def __init__(self, app: App) -> None:
         self.app = app
 

@@ -7,6 +7,7 @@ from typing import Any, TypeAlias
 
 import grpc
 
+from loyalty_engine.api.auth import check_streamed_request
 from loyalty_engine.api.converters import points as conv
 from loyalty_engine.api.converters.common import (
     decode_page_token,
@@ -14,7 +15,7 @@ from loyalty_engine.api.converters.common import (
     optional_datetime,
     to_datetime,
 )
-from loyalty_engine.api.errors import grpc_method
+from loyalty_engine.api.errors import grpc_client_stream_method, grpc_method
 from loyalty_engine.api.servicers.programs import _require
 from loyalty_engine.api.transactions import exactly_once, in_transaction
 from loyalty_engine.bootstrap import App
@@ -31,6 +32,8 @@ Ctx: TypeAlias = grpc.aio.ServicerContext[Any, Any]
 
 class PointsServicer(pb_grpc.PointsServiceServicer):
     """Purchases, returns, adjustments, balances and the ledger."""
+
+    SERVICE = "loyalty.v1.PointsService"
 
     def __init__(self, app: App) -> None:
         self.app = app
@@ -64,6 +67,7 @@ class PointsServicer(pb_grpc.PointsServiceServicer):
             work=lambda uow: svc.record_purchase(uow, cmd, self.app.clock()),
             encode=lambda r: conv.purchase_result_to_proto(member.program_id, r),
             response_type=pb.RecordPurchaseResponse,
+            on_commit=lambda r: self.app.telemetry.points_awarded.inc(r.points_awarded),
         )
 
     @grpc_method
@@ -213,6 +217,7 @@ class PointsServicer(pb_grpc.PointsServiceServicer):
     ) -> pb.ExpirePointsResponse:
         program_id = parse_program(request.program, "program")
         report = await run_maintenance(self.app.db.unit_of_work, program_id, self.app.clock())
+        self.app.telemetry.points_expired.inc(report.points_expired)
         return pb.ExpirePointsResponse(
             members_changed=report.members_changed,
             points_expired=report.points_expired,
@@ -220,13 +225,14 @@ class PointsServicer(pb_grpc.PointsServiceServicer):
             tier_changes=report.tier_changes,
         )
 
+    @grpc_client_stream_method
     async def ImportPurchases(
         self, request_iterator: AsyncIterator[pb.ImportPurchasesRequest], context: Ctx
     ) -> pb.ImportPurchasesResponse:
-        from loyalty_engine.api.errors import abort
-
-        await abort(context, Unimplemented.for_issue("Bulk import", 5), "ImportPurchases")
-        raise AssertionError("unreachable")
+        async for request in request_iterator:
+            check_streamed_request(request)
+            break
+        raise Unimplemented.for_issue("Bulk imports", 5)
 
 
 def _int(position: dict[str, Any] | None, key: str) -> int | None:

@@ -7,15 +7,22 @@ from typing import Any, TypeAlias
 import grpc
 from google.protobuf import field_mask_pb2
 
+from loyalty_engine.api.converters import keys as keys_conv
 from loyalty_engine.api.converters import programs as conv
-from loyalty_engine.api.converters.common import checked_mask, decode_page_token, encode_page_token
+from loyalty_engine.api.converters.common import (
+    checked_mask,
+    decode_page_token,
+    encode_page_token,
+    optional_datetime,
+)
 from loyalty_engine.api.errors import grpc_method
 from loyalty_engine.api.transactions import exactly_once, in_transaction
 from loyalty_engine.bootstrap import App
-from loyalty_engine.domain.errors import InvalidArgument, Unimplemented
-from loyalty_engine.domain.names import parse_child, parse_program
+from loyalty_engine.domain.errors import InvalidArgument
+from loyalty_engine.domain.names import check_resource_id, parse_child, parse_program
 from loyalty_engine.gen.loyalty.v1 import program_service_pb2 as pb
 from loyalty_engine.gen.loyalty.v1 import program_service_pb2_grpc as pb_grpc
+from loyalty_engine.services import keys as keys_svc
 from loyalty_engine.services import programs as svc
 from loyalty_engine.services.paging import page_size
 
@@ -38,6 +45,8 @@ def _merge(mask: field_mask_pb2.FieldMask, source: Any, current: Any) -> Any:
 class ProgramServicer(pb_grpc.ProgramServiceServicer):
     """Programs, tiers and earning rules."""
 
+    SERVICE = "loyalty.v1.ProgramService"
+
     def __init__(self, app: App) -> None:
         self.app = app
 
@@ -45,15 +54,15 @@ class ProgramServicer(pb_grpc.ProgramServiceServicer):
     async def CreateProgram(
         self, request: pb.CreateProgramRequest, context: Ctx
     ) -> pb.CreateProgramResponse:
-        program = conv.program_from_proto(
-            request.program_id, _require(request, "program", "program")
-        )
+        # Checked before exactly_once, which stores the id with the request id.
+        program_id = check_resource_id(request.program_id, "program_id")
+        program = conv.program_from_proto(program_id, _require(request, "program", "program"))
         return await exactly_once(
             self.app,
             method="CreateProgram",
             request=request,
             request_id=request.request_id,
-            program_id=request.program_id,
+            program_id=program_id,
             member_id="",
             work=lambda uow: svc.create_program(uow, program, self.app.clock()),
             encode=lambda p: pb.CreateProgramResponse(program=conv.program_to_proto(p)),
@@ -283,16 +292,65 @@ class ProgramServicer(pb_grpc.ProgramServiceServicer):
     async def CreateApiKey(
         self, request: pb.CreateApiKeyRequest, context: Ctx
     ) -> pb.CreateApiKeyResponse:
-        raise Unimplemented.for_issue("API keys", 7)
+        program_id = parse_program(request.parent, "parent")
+        incoming = _require(request, "api_key", "api_key")
+        scopes = keys_conv.scopes_from_proto(incoming.scopes)
+        expire = optional_datetime(incoming, "expire_time", "api_key.expire_time")
+        return await exactly_once(
+            self.app,
+            method="CreateApiKey",
+            request=request,
+            request_id=request.request_id,
+            program_id=program_id,
+            member_id="",
+            work=lambda uow: keys_svc.create_key(
+                uow, program_id, incoming.label, scopes, self.app.clock(), expire
+            ),
+            encode=lambda created: pb.CreateApiKeyResponse(
+                api_key=keys_conv.key_to_proto(created.key), secret=created.token
+            ),
+            response_type=pb.CreateApiKeyResponse,
+        )
 
     @grpc_method
     async def ListApiKeys(
         self, request: pb.ListApiKeysRequest, context: Ctx
     ) -> pb.ListApiKeysResponse:
-        raise Unimplemented.for_issue("API keys", 7)
+        program_id = parse_program(request.parent, "parent")
+        limit = page_size(request.page_size)
+        query = {"p": program_id}
+        position = decode_page_token(request.page_token, query)
+        after = str(position["after"]) if position else ""
+        found = await in_transaction(
+            self.app, lambda uow: keys_svc.list_keys(uow, program_id, after, limit + 1)
+        )
+        token = (
+            encode_page_token({"q": query, "after": found[limit - 1].key_id})
+            if len(found) > limit
+            else ""
+        )
+        return pb.ListApiKeysResponse(
+            api_keys=[keys_conv.key_to_proto(k) for k in found[:limit]], next_page_token=token
+        )
 
     @grpc_method
     async def RevokeApiKey(
         self, request: pb.RevokeApiKeyRequest, context: Ctx
     ) -> pb.RevokeApiKeyResponse:
-        raise Unimplemented.for_issue("API keys", 7)
+        name = parse_child(request.name, "apiKeys")
+        response = await exactly_once(
+            self.app,
+            method="RevokeApiKey",
+            request=request,
+            request_id=request.request_id,
+            program_id=name.program_id,
+            member_id="",
+            work=lambda uow: keys_svc.revoke_key(
+                uow, name.program_id, name.resource_id, self.app.clock()
+            ),
+            encode=lambda key: pb.RevokeApiKeyResponse(api_key=keys_conv.key_to_proto(key)),
+            response_type=pb.RevokeApiKeyResponse,
+        )
+        if self.app.auth is not None:
+            self.app.auth.forget(name.resource_id)
+        return response

@@ -37,6 +37,8 @@ def _same_program(program_id: str, other: str, field: str) -> None:
 class RewardServicer(pb_grpc.RewardServiceServicer):
     """The rewards catalog and redemption."""
 
+    SERVICE = "loyalty.v1.RewardService"
+
     def __init__(self, app: App) -> None:
         self.app = app
 
@@ -150,6 +152,10 @@ class RewardServicer(pb_grpc.RewardServiceServicer):
             response_type=pb.ArchiveRewardResponse,
         )
 
+    def _count_redemption(self, kind: str, points: int) -> None:
+        self.app.telemetry.redemptions.labels(kind).inc()
+        self.app.telemetry.points_redeemed.inc(points)
+
     def _member_and_reward(self, member_field: str, reward_field: str) -> tuple[str, str, str]:
         member = parse_member(member_field)
         reward = parse_child(reward_field, "rewards", "reward")
@@ -176,6 +182,7 @@ class RewardServicer(pb_grpc.RewardServiceServicer):
                 balance=balance_to_proto(r.balance),
             ),
             response_type=pb.RedeemRewardResponse,
+            on_commit=lambda r: self._count_redemption("reward", r.redemption.points),
         )
 
     @grpc_method
@@ -200,7 +207,9 @@ class RewardServicer(pb_grpc.RewardServiceServicer):
             response_type=pb.ReserveRedemptionResponse,
         )
 
-    async def _change(self, method: str, request: Any, action: Any, response_type: Any) -> Any:
+    async def _change(
+        self, method: str, request: Any, action: Any, response_type: Any, on_commit: Any = None
+    ) -> Any:
         name: MemberChildName = parse_member_child(request.name, "redemptions")
         return await exactly_once(
             self.app,
@@ -216,6 +225,7 @@ class RewardServicer(pb_grpc.RewardServiceServicer):
                 redemption=conv.redemption_to_proto(name.program_id, name.member_id, r.redemption)
             ),
             response_type=response_type,
+            on_commit=on_commit,
         )
 
     @grpc_method
@@ -223,7 +233,11 @@ class RewardServicer(pb_grpc.RewardServiceServicer):
         self, request: pb.ConfirmRedemptionRequest, context: Ctx
     ) -> pb.ConfirmRedemptionResponse:
         return await self._change(
-            "ConfirmRedemption", request, svc.confirm_redemption, pb.ConfirmRedemptionResponse
+            "ConfirmRedemption",
+            request,
+            svc.confirm_redemption,
+            pb.ConfirmRedemptionResponse,
+            on_commit=lambda r: self._count_redemption("reward", r.redemption.points),
         )
 
     @grpc_method
@@ -331,4 +345,5 @@ class RewardServicer(pb_grpc.RewardServiceServicer):
                 balance=balance_to_proto(r.balance),
             ),
             response_type=pb.RedeemPointsResponse,
+            on_commit=lambda r: self._count_redemption("points", r.redemption.points),
         )

@@ -1,7 +1,8 @@
 """Services of the contract whose issues have not landed: every RPC answers UNIMPLEMENTED.
 
 They are registered anyway so reflection lists the whole v1 surface and clients get a clear
-status with an ErrorInfo, instead of a bare "method not found".
+status with an ErrorInfo (after the same key check as every other RPC), instead of a bare
+"method not found".
 """
 
 from __future__ import annotations
@@ -9,63 +10,86 @@ from __future__ import annotations
 from typing import Any
 
 import grpc
+from google.protobuf import message_factory
 
-from loyalty_engine.api.errors import abort
+from loyalty_engine.api.errors import RpcBoundary
 from loyalty_engine.domain.errors import Unimplemented
 from loyalty_engine.gen.loyalty.v1 import offer_service_pb2, segment_service_pb2
 
-# service full name -> (module with the descriptor, the issue that builds it)
+# service full name -> (module with the descriptor, the feature, the issue that builds it)
 PENDING_SERVICES: dict[str, tuple[Any, str, int]] = {
     "loyalty.v1.SegmentService": (segment_service_pb2, "Segments, insights and metrics", 5),
     "loyalty.v1.OfferService": (offer_service_pb2, "Offers and rules", 6),
 }
 
 
-def _unary(feature: str, issue: int) -> Any:
-    async def handler(request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> Any:
-        await abort(context, Unimplemented.for_issue(feature, issue), feature)
+async def _refuse(
+    app: Any, method: str, feature: str, issue: int, request: Any, context: Any
+) -> None:
+    boundary = RpcBoundary(app, method)
+    try:
+        if request is not None:
+            boundary.note_request(request)
+        await boundary.authorize(request, context)
+        raise Unimplemented.for_issue(feature, issue)
+    except grpc.aio.AbortError:
+        raise
+    except Exception as exc:
+        await boundary.fail(context, exc)
+    finally:
+        boundary.finish()
 
-    return handler
 
-
-def _server_stream(feature: str, issue: int) -> Any:
-    async def handler(request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> Any:
-        await abort(context, Unimplemented.for_issue(feature, issue), feature)
-        yield  # pragma: no cover - makes this an async generator
-
-    return handler
-
-
-def pending_handlers() -> list[grpc.GenericRpcHandler]:
+def pending_handlers(app: Any) -> list[grpc.GenericRpcHandler]:
     """Generic handlers answering UNIMPLEMENTED for every method of the pending services."""
     handlers: list[grpc.GenericRpcHandler] = []
     for full_name, (module, feature, issue) in PENDING_SERVICES.items():
         service = module.DESCRIPTOR.services_by_name[full_name.rsplit(".", 1)[1]]
         methods: dict[str, grpc.RpcMethodHandler] = {}
-        for method in service.methods:
-            request_cls = _message_class(method.input_type)
-            response_cls = _message_class(method.output_type)
-            kwargs = {
-                "request_deserializer": request_cls.FromString,
-                "response_serializer": response_cls.SerializeToString,
+        for m in service.methods:
+            method = f"{full_name}/{m.name}"
+            kwargs: dict[str, Any] = {
+                "request_deserializer": message_factory.GetMessageClass(m.input_type).FromString,
+                "response_serializer": message_factory.GetMessageClass(
+                    m.output_type
+                ).SerializeToString,
             }
-            if method.server_streaming and not method.client_streaming:
-                methods[method.name] = grpc.unary_stream_rpc_method_handler(
-                    _server_stream(feature, issue), **kwargs
-                )
-            elif method.client_streaming:
-                methods[method.name] = grpc.stream_unary_rpc_method_handler(
-                    _unary(feature, issue), **kwargs
-                )
+            if m.client_streaming:
+
+                async def stream_in(
+                    requests: Any,
+                    context: Any,
+                    method: str = method,
+                    feature: str = feature,
+                    issue: int = issue,
+                ) -> Any:
+                    await _refuse(app, method, feature, issue, None, context)
+
+                methods[m.name] = grpc.stream_unary_rpc_method_handler(stream_in, **kwargs)
+            elif m.server_streaming:
+
+                async def stream_out(
+                    request: Any,
+                    context: Any,
+                    method: str = method,
+                    feature: str = feature,
+                    issue: int = issue,
+                ) -> Any:
+                    await _refuse(app, method, feature, issue, request, context)
+                    yield  # pragma: no cover - makes this an async generator
+
+                methods[m.name] = grpc.unary_stream_rpc_method_handler(stream_out, **kwargs)
             else:
-                methods[method.name] = grpc.unary_unary_rpc_method_handler(
-                    _unary(feature, issue), **kwargs
-                )
+
+                async def unary(
+                    request: Any,
+                    context: Any,
+                    method: str = method,
+                    feature: str = feature,
+                    issue: int = issue,
+                ) -> Any:
+                    await _refuse(app, method, feature, issue, request, context)
+
+                methods[m.name] = grpc.unary_unary_rpc_method_handler(unary, **kwargs)
         handlers.append(grpc.method_handlers_generic_handler(full_name, methods))
     return handlers
-
-
-def _message_class(descriptor: Any) -> Any:
-    from google.protobuf import message_factory
-
-    return message_factory.GetMessageClass(descriptor)

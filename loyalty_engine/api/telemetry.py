@@ -1,0 +1,109 @@
+"""What the service tells its operators: Prometheus metrics and one JSON log line per RPC.
+
+Log lines carry the method, the status code, the duration, the request id and the
+program; never request bodies, personal data (names, e-mails, phones, birth dates) or keys.
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+from typing import Any
+
+import structlog
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
+
+from loyalty_engine.storage.database import Database
+
+_LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
+
+
+def configure_logging(level: str, json_logs: bool = True) -> None:
+    """Structured logs on stderr: JSON lines in production, readable text when asked."""
+    numeric = logging.getLevelName(level)
+    renderer: Any = (
+        structlog.processors.JSONRenderer() if json_logs else structlog.dev.ConsoleRenderer()
+    )
+    structlog.configure(
+        processors=[
+            structlog.contextvars.merge_contextvars,
+            structlog.processors.add_log_level,
+            structlog.processors.TimeStamper(fmt="iso", utc=True),
+            structlog.processors.format_exc_info,
+            renderer,
+        ],
+        wrapper_class=structlog.make_filtering_bound_logger(numeric),
+        logger_factory=structlog.PrintLoggerFactory(file=sys.stderr),
+        cache_logger_on_first_use=False,
+    )
+    logging.basicConfig(level=numeric, stream=sys.stderr, format="%(message)s", force=True)
+    # Alembic narrates every plugin it loads at INFO; only its warnings matter to an operator.
+    logging.getLogger("alembic").setLevel(max(logging.WARNING, numeric))
+
+
+class Telemetry:
+    """Prometheus metrics of one process, in a registry of its own."""
+
+    def __init__(self, db: Database | None = None) -> None:
+        self.registry = CollectorRegistry()
+        r = self.registry
+        self.rpcs = Counter(
+            "loyalty_rpcs", "RPCs by method and status code", ["method", "code"], registry=r
+        )
+        self.latency = Histogram(
+            "loyalty_rpc_duration_seconds",
+            "RPC latency",
+            ["method"],
+            buckets=_LATENCY_BUCKETS,
+            registry=r,
+        )
+        self.points_awarded = Counter(
+            "loyalty_points_awarded", "Points awarded for purchases", registry=r
+        )
+        self.points_redeemed = Counter("loyalty_points_redeemed", "Points redeemed", registry=r)
+        self.points_expired = Counter("loyalty_points_expired", "Points expired", registry=r)
+        self.redemptions = Counter(
+            "loyalty_redemptions", "Redemptions by kind", ["kind"], registry=r
+        )
+        self.offers_issued = Counter("loyalty_offers_issued", "Offers issued", registry=r)
+        self.offers_redeemed = Counter(
+            "loyalty_offers_redeemed", "Offer codes redeemed", registry=r
+        )
+        if db is not None:
+            pool: Any = db.engine.sync_engine.pool
+            in_use = Gauge("loyalty_db_pool_in_use", "Database connections checked out", registry=r)
+            in_use.set_function(lambda: float(getattr(pool, "checkedout", lambda: 0)()))
+            size = Gauge("loyalty_db_pool_size", "Database connections in the pool", registry=r)
+            size.set_function(lambda: float(getattr(pool, "size", lambda: 0)()))
+        self.log = structlog.get_logger("loyalty_engine.rpc")
+
+    def observe(
+        self,
+        method: str,
+        code: str,
+        seconds: float,
+        request_id: str,
+        program: str,
+        reason: str = "",
+    ) -> None:
+        """Count and log one finished RPC."""
+        self.rpcs.labels(method, code).inc()
+        self.latency.labels(method).observe(seconds)
+        fields: dict[str, Any] = {
+            "method": method,
+            "code": code,
+            "duration_ms": round(seconds * 1000, 3),
+            "request_id": request_id,
+            "program": program,
+        }
+        if reason:
+            fields["reason"] = reason
+        self.log.info("rpc", **fields)
+
+    def serve(self, address: str) -> Any:
+        """Expose /metrics on a separate HTTP port; returns the server (call .shutdown())."""
+        host, _, port = address.rpartition(":")
+        server, _thread = start_http_server(
+            int(port), addr=host.strip("[]") or "0.0.0.0", registry=self.registry
+        )
+        return server
