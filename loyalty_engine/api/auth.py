@@ -74,7 +74,8 @@ METHOD_SCOPES: dict[str, frozenset[Scope]] = {
     "OfferService/RedeemOfferCode": frozenset({SHOP, ADMIN}),
     "OfferService/RevokeOffer": frozenset({MARKETING, ADMIN}),
     "OfferService/RunRules": frozenset({MARKETING, ADMIN}),
-    "OfferService/ReloadRules": frozenset({ADMIN}),
+    # Rule files are the deployment's, not one program's: reloading them is the operator's call.
+    "OfferService/ReloadRules": frozenset(),
     "SegmentService/RefreshSegments": frozenset({MARKETING, ADMIN}),
     "SegmentService/ListSegments": frozenset({MARKETING, ADMIN}),
     "SegmentService/ListSegmentMembers": frozenset({MARKETING, ADMIN}),
