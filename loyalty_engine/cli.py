@@ -50,7 +50,9 @@ def _parser() -> argparse.ArgumentParser:
     serve.add_argument(
         "--metrics-address", help="host:port for Prometheus /metrics (env LOYALTY_METRICS_ADDRESS)"
     )
-    serve.add_argument("--workers", type=int, help="processes sharing the port (env LOYALTY_WORKERS)")
+    serve.add_argument(
+        "--workers", type=int, help="processes sharing the port (env LOYALTY_WORKERS)"
+    )
 
     keys = sub.add_parser("keys", help="manage API keys")
     keys_sub = keys.add_subparsers(dest="keys_command", required=True)

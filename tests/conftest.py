@@ -183,13 +183,8 @@ async def operator_key(app: App) -> str:
     return created.token
 
 
-class BearerAuth(
-    grpc.aio.UnaryUnaryClientInterceptor,
-    grpc.aio.UnaryStreamClientInterceptor,
-    grpc.aio.StreamUnaryClientInterceptor,
-    grpc.aio.StreamStreamClientInterceptor,
-):
-    """Adds `authorization: Bearer <key>` to every call of a channel."""
+class _Bearer:
+    """Adds `authorization: Bearer <key>` to a call's metadata."""
 
     def __init__(self, token: str) -> None:
         self.token = token
@@ -198,19 +193,38 @@ class BearerAuth(
         metadata = list(details.metadata or ())
         if not any(k == "authorization" for k, _ in metadata):
             metadata.append(("authorization", f"Bearer {self.token}"))
-        return details._replace(metadata=metadata)
+        return details._replace(metadata=grpc.aio.Metadata(*metadata))
 
+
+# grpc.aio files an interceptor under the first call type it implements, so one class each.
+class _UnaryUnaryBearer(_Bearer, grpc.aio.UnaryUnaryClientInterceptor):
     async def intercept_unary_unary(self, continuation: Any, details: Any, request: Any) -> Any:
         return await continuation(self._with_key(details), request)
 
+
+class _UnaryStreamBearer(_Bearer, grpc.aio.UnaryStreamClientInterceptor):
     async def intercept_unary_stream(self, continuation: Any, details: Any, request: Any) -> Any:
         return await continuation(self._with_key(details), request)
 
+
+class _StreamUnaryBearer(_Bearer, grpc.aio.StreamUnaryClientInterceptor):
     async def intercept_stream_unary(self, continuation: Any, details: Any, requests: Any) -> Any:
         return await continuation(self._with_key(details), requests)
 
+
+class _StreamStreamBearer(_Bearer, grpc.aio.StreamStreamClientInterceptor):
     async def intercept_stream_stream(self, continuation: Any, details: Any, requests: Any) -> Any:
         return await continuation(self._with_key(details), requests)
+
+
+def bearer_interceptors(token: str) -> list[Any]:
+    """Client interceptors that send `token` on every call of a channel."""
+    return [
+        _UnaryUnaryBearer(token),
+        _UnaryStreamBearer(token),
+        _StreamUnaryBearer(token),
+        _StreamStreamBearer(token),
+    ]
 
 
 @dataclass
@@ -232,7 +246,7 @@ async def client(app: App, operator_key: str) -> AsyncIterator[Client]:
 
     running = await start_server(app, "127.0.0.1:0")
     address = f"127.0.0.1:{running.port}"
-    channel = grpc.aio.insecure_channel(address, interceptors=[BearerAuth(operator_key)])
+    channel = grpc.aio.insecure_channel(address, interceptors=bearer_interceptors(operator_key))
     try:
         yield Client(
             channel=channel,

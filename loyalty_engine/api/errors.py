@@ -27,6 +27,13 @@ log = logging.getLogger(__name__)
 
 ERROR_DOMAIN = "loyalty-engine"
 
+# A status travels in HTTP/2 headers, which peers cap at 16 KiB in all (grpc-message is
+# percent-encoded, the details base64-encoded), and messages echo client input such as ids
+# and mask paths; past the cap the client gets RESOURCE_EXHAUSTED "Stream removed" instead.
+MAX_MESSAGE_BYTES = 512
+MAX_DETAIL_BYTES = 256
+MAX_VIOLATIONS = 10
+
 _CODES: list[tuple[type[de.DomainError], grpc.StatusCode]] = [
     (de.InvalidArgument, grpc.StatusCode.INVALID_ARGUMENT),
     (de.NotFound, grpc.StatusCode.NOT_FOUND),
@@ -53,20 +60,33 @@ def status_code(error: de.DomainError) -> grpc.StatusCode:
 def rich_status(code: grpc.StatusCode, error: de.DomainError) -> status_pb2.Status:
     """A google.rpc.Status with ErrorInfo, and BadRequest for field violations."""
     info = error_details_pb2.ErrorInfo(
-        reason=error.reason, domain=ERROR_DOMAIN, metadata=error.metadata
+        reason=error.reason,
+        domain=ERROR_DOMAIN,
+        metadata={k: _bounded(v, MAX_DETAIL_BYTES) for k, v in error.metadata.items()},
     )
     details = [_pack(info)]
     if isinstance(error, de.InvalidArgument) and error.violations:
         bad = error_details_pb2.BadRequest(
             field_violations=[
                 error_details_pb2.BadRequest.FieldViolation(
-                    field=v.field, description=v.description
+                    field=_bounded(v.field, MAX_DETAIL_BYTES),
+                    description=_bounded(v.description, MAX_DETAIL_BYTES),
                 )
-                for v in error.violations
+                for v in error.violations[:MAX_VIOLATIONS]
             ]
         )
         details.append(_pack(bad))
-    return status_pb2.Status(code=code.value[0], message=error.message, details=details)
+    return status_pb2.Status(
+        code=code.value[0], message=_bounded(error.message, MAX_MESSAGE_BYTES), details=details
+    )
+
+
+def _bounded(text: str, limit: int) -> str:
+    """`text` cut to at most `limit` bytes of UTF-8, marked with an ellipsis when cut."""
+    encoded = text.encode()
+    if len(encoded) <= limit:
+        return text
+    return encoded[: limit - 3].decode(errors="ignore") + "\u2026"
 
 
 def _pack(message: Any) -> any_pb2.Any:
@@ -127,7 +147,8 @@ async def abort_with(
     context: grpc.aio.ServicerContext[Any, Any], code: grpc.StatusCode, error: de.DomainError
 ) -> None:
     """End the call with `code` and a rich status for `error` (never returns)."""
-    await context.abort(code, error.message, trailing_metadata=_trailers(rich_status(code, error)))
+    status = rich_status(code, error)
+    await context.abort(code, status.message, trailing_metadata=_trailers(status))
 
 
 class RpcBoundary:

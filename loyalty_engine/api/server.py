@@ -16,6 +16,7 @@ from loyalty_engine.api.servicers.members import MemberServicer
 from loyalty_engine.api.servicers.points import PointsServicer
 from loyalty_engine.api.servicers.programs import ProgramServicer
 from loyalty_engine.api.servicers.rewards import RewardServicer
+from loyalty_engine.api.servicers.segments import SegmentServicer
 from loyalty_engine.api.servicers.unimplemented import PENDING_SERVICES, pending_handlers
 from loyalty_engine.bootstrap import App
 from loyalty_engine.config import Settings
@@ -28,6 +29,8 @@ from loyalty_engine.gen.loyalty.v1 import (
     program_service_pb2_grpc,
     reward_service_pb2,
     reward_service_pb2_grpc,
+    segment_service_pb2,
+    segment_service_pb2_grpc,
 )
 
 log = logging.getLogger(__name__)
@@ -37,6 +40,7 @@ SERVICE_NAMES = (
     member_service_pb2.DESCRIPTOR.services_by_name["MemberService"].full_name,
     points_service_pb2.DESCRIPTOR.services_by_name["PointsService"].full_name,
     reward_service_pb2.DESCRIPTOR.services_by_name["RewardService"].full_name,
+    segment_service_pb2.DESCRIPTOR.services_by_name["SegmentService"].full_name,
     *PENDING_SERVICES,
 )
 
@@ -87,6 +91,7 @@ async def start_server(
     member_service_pb2_grpc.add_MemberServiceServicer_to_server(MemberServicer(app), server)
     points_service_pb2_grpc.add_PointsServiceServicer_to_server(PointsServicer(app), server)
     reward_service_pb2_grpc.add_RewardServiceServicer_to_server(RewardServicer(app), server)
+    segment_service_pb2_grpc.add_SegmentServiceServicer_to_server(SegmentServicer(app), server)
     server.add_generic_rpc_handlers(tuple(pending_handlers(app)))
 
     health_servicer = health.aio.HealthServicer()

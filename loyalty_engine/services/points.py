@@ -317,6 +317,10 @@ async def record_purchase(uow: UnitOfWork, cmd: RecordPurchase, now: datetime) -
         ),
         now,
     )
+    locked.stats.add_purchase(cmd.purchase_time, cmd.total_minor)
+    await uow.accounts.add_categories(
+        program.program_id, cmd.member_id, {line.category for line in cmd.lines}
+    )
     if policy.tiers:
         value = await _qualifying_value(uow, program, cmd.member_id, max(cmd.purchase_time, now))
         change = policy.after_purchase(locked.tier, value, cmd.purchase_time)
@@ -429,6 +433,11 @@ async def record_return(uow: UnitOfWork, cmd: RecordReturn, now: datetime) -> Re
     )
     if not recorded:
         raise _return_already_recorded(cmd.return_id)
+    fully_returned = all(
+        line.returned_quantity + returning.get(line.line_index, 0) >= line.quantity
+        for line in purchase.lines
+    )
+    locked.stats.add_return(refund, fully_returned)
     await uow.accounts.save(locked, now)
     return ReturnResult(
         points_reversed=reversed_points,

@@ -7,7 +7,7 @@ lazily loaded behind the caller's back and the hot paths stay a few statements l
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
@@ -504,6 +504,32 @@ class LockedAccount:
     tier: TierState
     tier_change_seq: int
     member_state: MemberState
+    stats: BuyingStats = field(default_factory=lambda: BuyingStats())
+
+
+@dataclass
+class BuyingStats:
+    """A member's running buying statistics (net of returns)."""
+
+    first_purchase_time: datetime | None = None
+    last_purchase_time: datetime | None = None
+    order_count: int = 0
+    total_spend_minor: int = 0
+
+    def add_purchase(self, when: datetime, total_minor: int) -> None:
+        """Count a purchase."""
+        self.order_count += 1
+        self.total_spend_minor += total_minor
+        if self.first_purchase_time is None or when < self.first_purchase_time:
+            self.first_purchase_time = when
+        if self.last_purchase_time is None or when > self.last_purchase_time:
+            self.last_purchase_time = when
+
+    def add_return(self, refund_minor: int, order_fully_returned: bool) -> None:
+        """Take a return off the spend, and the order off the count once all of it came back."""
+        self.total_spend_minor -= refund_minor
+        if order_fully_returned:
+            self.order_count -= 1
 
 
 @dataclass(frozen=True)
@@ -607,9 +633,11 @@ def _entry_from_row(row: Any) -> StoredEntry:
 class AccountRepository(_Repository):
     """Accounts, ledger entries, lots, purchases, returns and tier history."""
 
-    async def lock(self, program_id: str, member_id: str) -> LockedAccount | None:
-        """Load and lock a member's account with its open lots; None if there is no member."""
-        row = (await self.conn.execute(self._lock_stmt(program_id, member_id))).first()
+    async def lock(
+        self, program_id: str, member_id: str, *, for_update: bool = True
+    ) -> LockedAccount | None:
+        """Load (and lock) a member's account with its open lots; None if there is no member."""
+        row = (await self.conn.execute(self._lock_stmt(program_id, member_id, for_update))).first()
         if row is None:
             return None
         lots = await self.conn.execute(
@@ -638,9 +666,17 @@ class AccountRepository(_Repository):
             tier=TierState(row.tier_id, row.tier_review_time),
             tier_change_seq=row.tier_change_seq,
             member_state=MemberState(row.state),
+            stats=BuyingStats(
+                row.first_purchase_time,
+                row.last_purchase_time,
+                row.order_count,
+                row.total_spend_minor,
+            ),
         )
 
-    def _lock_stmt(self, program_id: str, member_id: str) -> sa.Select[Any]:
+    def _lock_stmt(
+        self, program_id: str, member_id: str, for_update: bool = True
+    ) -> sa.Select[Any]:
         a = t.member_accounts
         stmt = (
             sa.select(a, t.members.c.state)
@@ -656,7 +692,7 @@ class AccountRepository(_Repository):
             .where(a.c.program_id == program_id, a.c.member_id == member_id)
         )
         # SQLite needs no row lock: BEGIN IMMEDIATE already serializes writers.
-        if self.dialect == "postgresql":
+        if self.dialect == "postgresql" and for_update:
             stmt = stmt.with_for_update(of=a)
         return stmt
 
@@ -750,9 +786,24 @@ class AccountRepository(_Repository):
                 tier_id=locked.tier.tier_id,
                 tier_review_time=locked.tier.review_time,
                 tier_change_seq=locked.tier_change_seq,
+                first_purchase_time=locked.stats.first_purchase_time,
+                last_purchase_time=locked.stats.last_purchase_time,
+                order_count=locked.stats.order_count,
+                total_spend_minor=locked.stats.total_spend_minor,
             )
         )
         return stored
+
+    async def add_categories(self, program_id: str, member_id: str, categories: set[str]) -> None:
+        """Remember the categories a member bought (for insights and rules)."""
+        if categories:
+            await self.conn.execute(
+                self.insert_ignoring_conflicts(t.member_categories),
+                [
+                    {"program_id": program_id, "member_id": member_id, "category": c}
+                    for c in sorted(categories)
+                ],
+            )
 
     async def add_tier_change(
         self,

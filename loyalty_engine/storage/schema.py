@@ -164,6 +164,11 @@ member_accounts = sa.Table(
     sa.Column("tier_id", Id, nullable=True),
     sa.Column("tier_review_time", Ts, nullable=True),
     sa.Column("tier_change_seq", sa.BigInteger, nullable=False),
+    # Buying statistics, kept current in the same transaction as each purchase and return.
+    sa.Column("first_purchase_time", Ts, nullable=True),
+    sa.Column("last_purchase_time", Ts, nullable=True),
+    sa.Column("order_count", sa.BigInteger, nullable=False, server_default="0"),
+    sa.Column("total_spend_minor", sa.BigInteger, nullable=False, server_default="0"),
     sa.ForeignKeyConstraint(
         ["program_id", "member_id"], ["members.program_id", "members.member_id"]
     ),
@@ -393,3 +398,50 @@ api_keys = sa.Table(
     sa.Column("revoke_time", Ts, nullable=True),
 )
 sa.Index("ix_api_keys_key_id", api_keys.c.key_id, unique=True)
+
+member_categories = sa.Table(
+    "member_categories",
+    metadata,
+    sa.Column("program_id", Id, primary_key=True),
+    sa.Column("member_id", Id, primary_key=True),
+    sa.Column("category", sa.String(200), primary_key=True),
+)
+
+# RFM scores and windowed statistics, computed for a whole program in one set-based pass.
+member_scores = sa.Table(
+    "member_scores",
+    metadata,
+    sa.Column("program_id", Id, primary_key=True),
+    sa.Column("member_id", Id, primary_key=True),
+    sa.Column("recency", sa.SmallInteger, nullable=False),
+    sa.Column("frequency", sa.SmallInteger, nullable=False),
+    sa.Column("monetary", sa.SmallInteger, nullable=False),
+    sa.Column("segment_id", sa.String(32), nullable=False),
+    sa.Column("spend_90d", sa.BigInteger, nullable=False),
+    sa.Column("orders_90d", sa.BigInteger, nullable=False),
+    sa.Column("points_90d", sa.BigInteger, nullable=False),
+    sa.Column("spend_12m", sa.BigInteger, nullable=False),
+    sa.Column("orders_12m", sa.BigInteger, nullable=False),
+    sa.Column("points_12m", sa.BigInteger, nullable=False),
+    sa.Column("spend_all", sa.BigInteger, nullable=False),
+    sa.Column("orders_all", sa.BigInteger, nullable=False),
+    sa.Column("points_all", sa.BigInteger, nullable=False),
+    sa.Column("compute_time", Ts, nullable=False),
+)
+sa.Index(
+    "ix_member_scores_segment",
+    member_scores.c.program_id,
+    member_scores.c.segment_id,
+    member_scores.c.member_id,
+)
+sa.Index("ix_member_scores_spend_90d", member_scores.c.program_id, member_scores.c.spend_90d)
+sa.Index("ix_member_scores_spend_12m", member_scores.c.program_id, member_scores.c.spend_12m)
+sa.Index("ix_member_scores_spend_all", member_scores.c.program_id, member_scores.c.spend_all)
+
+segment_refreshes = sa.Table(
+    "segment_refreshes",
+    metadata,
+    sa.Column("program_id", Id, primary_key=True),
+    sa.Column("compute_time", Ts, nullable=False),
+    sa.Column("members_scored", sa.BigInteger, nullable=False),
+)

@@ -14,6 +14,7 @@ from loyalty_engine.storage.repositories import (
     ProgramRepository,
 )
 from loyalty_engine.storage.rewards import RewardRepository
+from loyalty_engine.storage.segments import SegmentRepository
 
 
 class UnitOfWork:
@@ -30,6 +31,7 @@ class UnitOfWork:
     idempotency: IdempotencyRepository
     rewards: RewardRepository
     keys: ApiKeyRepository
+    segments: SegmentRepository
 
     def __init__(self, engine: AsyncEngine, *, dialect: str) -> None:
         self._engine = engine
@@ -58,6 +60,7 @@ class UnitOfWork:
         self.idempotency = IdempotencyRepository(conn, self.dialect)
         self.rewards = RewardRepository(conn, self.dialect)
         self.keys = ApiKeyRepository(conn, self.dialect)
+        self.segments = SegmentRepository(conn, self.dialect)
         self._committed = False
         return self
 

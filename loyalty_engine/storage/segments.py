@@ -1,0 +1,302 @@
+"""Buying statistics, RFM scores, top customers and program metrics, as set-based SQL."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+import sqlalchemy as sa
+
+from loyalty_engine.domain.segments import SEGMENTS
+from loyalty_engine.storage import schema as t
+from loyalty_engine.storage.repositories import _Repository
+from loyalty_engine.storage.schema import UtcDateTime
+
+
+def _segment_case() -> str:
+    # Generated from the one segment map in loyalty_engine.domain.segments.
+    whens = " ".join(
+        f"WHEN r IN ({','.join(map(str, sorted(s.recency)))}) "
+        f"AND f IN ({','.join(map(str, sorted(s.frequency)))}) THEN '{s.segment_id}'"
+        for s in SEGMENTS
+    )
+    return f"CASE {whens} END"
+
+
+# One pass over the program's purchases: windowed sums, then quintiles by RANK() (ties share
+# a score), then the segment. Orders count net of orders returned in full.
+_REFRESH = f"""
+INSERT INTO member_scores (
+    program_id, member_id, recency, frequency, monetary, segment_id,
+    spend_90d, orders_90d, points_90d, spend_12m, orders_12m, points_12m,
+    spend_all, orders_all, points_all, compute_time)
+WITH stats AS (
+    SELECT member_id,
+        MAX(purchase_time) AS last_time,
+        SUM(CASE WHEN purchase_time > :t90 THEN total_minor - returned_minor ELSE 0 END)
+            AS spend_90d,
+        SUM(CASE WHEN purchase_time > :t90 AND (returned_minor < total_minor OR total_minor = 0)
+                 THEN 1 ELSE 0 END) AS orders_90d,
+        SUM(CASE WHEN purchase_time > :t90 THEN points_awarded - points_reversed ELSE 0 END)
+            AS points_90d,
+        SUM(CASE WHEN purchase_time > :t12m THEN total_minor - returned_minor ELSE 0 END)
+            AS spend_12m,
+        SUM(CASE WHEN purchase_time > :t12m AND (returned_minor < total_minor OR total_minor = 0)
+                 THEN 1 ELSE 0 END) AS orders_12m,
+        SUM(CASE WHEN purchase_time > :t12m THEN points_awarded - points_reversed ELSE 0 END)
+            AS points_12m,
+        SUM(total_minor - returned_minor) AS spend_all,
+        SUM(CASE WHEN returned_minor < total_minor OR total_minor = 0 THEN 1 ELSE 0 END)
+            AS orders_all,
+        SUM(points_awarded - points_reversed) AS points_all
+    FROM purchases
+    WHERE program_id = :program_id
+    GROUP BY member_id
+), ranked AS (
+    SELECT stats.*,
+        COUNT(*) OVER () AS n,
+        RANK() OVER (ORDER BY last_time) AS r_rank,
+        RANK() OVER (ORDER BY orders_all) AS f_rank,
+        RANK() OVER (ORDER BY spend_all) AS m_rank
+    FROM stats
+), scored AS (
+    SELECT ranked.*,
+        1 + (5 * (r_rank - 1)) / n AS r,
+        1 + (5 * (f_rank - 1)) / n AS f,
+        1 + (5 * (m_rank - 1)) / n AS m
+    FROM ranked
+)
+SELECT :program_id, member_id, r, f, m, {_segment_case()},
+    spend_90d, orders_90d, points_90d, spend_12m, orders_12m, points_12m,
+    spend_all, orders_all, points_all, :now
+FROM scored
+"""
+
+_TIMES = (
+    sa.bindparam("t90", type_=UtcDateTime()),
+    sa.bindparam("t12m", type_=UtcDateTime()),
+    sa.bindparam("now", type_=UtcDateTime()),
+)
+
+WINDOW_COLUMNS = {
+    ("spend", "90d"): "spend_90d",
+    ("spend", "12m"): "spend_12m",
+    ("spend", "all"): "spend_all",
+    ("orders", "90d"): "orders_90d",
+    ("orders", "12m"): "orders_12m",
+    ("orders", "all"): "orders_all",
+    ("points", "90d"): "points_90d",
+    ("points", "12m"): "points_12m",
+    ("points", "all"): "points_all",
+}
+
+
+@dataclass(frozen=True)
+class Scores:
+    """A member's stored RFM scores."""
+
+    recency: int
+    frequency: int
+    monetary: int
+    segment_id: str
+    compute_time: datetime
+
+
+@dataclass(frozen=True)
+class SegmentMember:
+    """One member of a segment, for export."""
+
+    member_id: str
+    external_id: str
+    scores: Scores
+
+
+class SegmentRepository(_Repository):
+    """Scores and the queries marketing tools run on them."""
+
+    async def refresh(self, program_id: str, now: datetime, t90: datetime, t12m: datetime) -> int:
+        """Recompute every member's scores in one set-based pass; returns members scored."""
+        s = t.member_scores
+        await self.conn.execute(s.delete().where(s.c.program_id == program_id))
+        await self.conn.execute(
+            sa.text(_REFRESH).bindparams(*_TIMES),
+            {"program_id": program_id, "now": now, "t90": t90, "t12m": t12m},
+        )
+        count = (
+            await self.conn.execute(sa.select(sa.func.count()).where(s.c.program_id == program_id))
+        ).scalar_one()
+        r = t.segment_refreshes
+        await self.conn.execute(r.delete().where(r.c.program_id == program_id))
+        await self.conn.execute(
+            r.insert().values(program_id=program_id, compute_time=now, members_scored=count)
+        )
+        return int(count)
+
+    async def last_refresh(self, program_id: str) -> datetime | None:
+        """When the program's scores were last computed."""
+        r = t.segment_refreshes
+        row = (
+            await self.conn.execute(sa.select(r.c.compute_time).where(r.c.program_id == program_id))
+        ).first()
+        return row.compute_time if row else None
+
+    async def segment_counts(self, program_id: str) -> dict[str, int]:
+        """Members per segment."""
+        s = t.member_scores
+        rows = await self.conn.execute(
+            sa.select(s.c.segment_id, sa.func.count())
+            .where(s.c.program_id == program_id)
+            .group_by(s.c.segment_id)
+        )
+        return {row[0]: int(row[1]) for row in rows}
+
+    async def segment_members(
+        self, program_id: str, segment_id: str, after_id: str, limit: int
+    ) -> list[SegmentMember]:
+        """A batch of a segment's members by id (keyset paging for streaming exports)."""
+        s, m = t.member_scores, t.members
+        rows = await self.conn.execute(
+            sa.select(s, m.c.external_id)
+            .select_from(
+                s.join(m, sa.and_(m.c.program_id == s.c.program_id, m.c.member_id == s.c.member_id))
+            )
+            .where(
+                s.c.program_id == program_id, s.c.segment_id == segment_id, s.c.member_id > after_id
+            )
+            .order_by(s.c.member_id)
+            .limit(limit)
+        )
+        return [SegmentMember(r.member_id, r.external_id, _scores(r)) for r in rows]
+
+    async def scores(self, program_id: str, member_id: str) -> Scores | None:
+        """A member's scores, if computed."""
+        s = t.member_scores
+        row = (
+            await self.conn.execute(
+                sa.select(s).where(s.c.program_id == program_id, s.c.member_id == member_id)
+            )
+        ).first()
+        return _scores(row) if row else None
+
+    async def top(
+        self, program_id: str, metric: str, window: str, limit: int
+    ) -> list[tuple[str, int]]:
+        """Members by a metric in a window, best first: the top `limit` and ties with the last."""
+        s = t.member_scores
+        value: Any
+        if metric == "aov":
+            spend, orders = WINDOW_COLUMNS[("spend", window)], WINDOW_COLUMNS[("orders", window)]
+            value = sa.case((s.c[orders] > 0, s.c[spend] / s.c[orders]), else_=0)
+        else:
+            value = s.c[WINDOW_COLUMNS[(metric, window)]]
+        base = sa.select(s.c.member_id, value.label("value")).where(
+            s.c.program_id == program_id, value > 0
+        )
+        cut = (
+            await self.conn.execute(
+                sa.select(value)
+                .where(s.c.program_id == program_id, value > 0)
+                .order_by(value.desc())
+                .offset(limit - 1)
+                .limit(1)
+            )
+        ).first()
+        if cut is not None:
+            base = base.where(value >= cut[0])
+        rows = await self.conn.execute(base.order_by(value.desc(), s.c.member_id))
+        return [(r.member_id, int(r.value)) for r in rows]
+
+    async def members_with_value(self, program_id: str, metric: str, window: str) -> int:
+        """How many members have a positive value of the metric in the window."""
+        s = t.member_scores
+        column = s.c[WINDOW_COLUMNS[("orders" if metric == "aov" else metric, window)]]
+        count = (
+            await self.conn.execute(
+                sa.select(sa.func.count()).where(s.c.program_id == program_id, column > 0)
+            )
+        ).scalar_one()
+        return int(count)
+
+    async def window_stats(
+        self, program_id: str, member_id: str, since: datetime
+    ) -> tuple[int, int]:
+        """Net spend and orders (net of full returns) of a member since a time, live."""
+        p = t.purchases
+        row = (
+            await self.conn.execute(
+                sa.select(
+                    sa.func.coalesce(sa.func.sum(p.c.total_minor - p.c.returned_minor), 0),
+                    sa.func.coalesce(
+                        sa.func.sum(
+                            sa.case(
+                                (
+                                    sa.or_(
+                                        p.c.returned_minor < p.c.total_minor, p.c.total_minor == 0
+                                    ),
+                                    1,
+                                ),
+                                else_=0,
+                            )
+                        ),
+                        0,
+                    ),
+                ).where(
+                    p.c.program_id == program_id,
+                    p.c.member_id == member_id,
+                    p.c.purchase_time > since,
+                )
+            )
+        ).one()
+        return int(row[0]), int(row[1])
+
+    async def categories(self, program_id: str, member_id: str) -> list[str]:
+        """Categories the member bought."""
+        c = t.member_categories
+        rows = await self.conn.execute(
+            sa.select(c.c.category)
+            .where(c.c.program_id == program_id, c.c.member_id == member_id)
+            .order_by(c.c.category)
+        )
+        return [r.category for r in rows]
+
+    async def program_totals(self, program_id: str, active_since: datetime) -> dict[str, Any]:
+        """The program's health, from the accounts in one pass."""
+        a = t.member_accounts
+        row = (
+            await self.conn.execute(
+                sa.select(
+                    sa.func.count().label("members"),
+                    sa.func.sum(sa.case((a.c.last_purchase_time > active_since, 1), else_=0)).label(
+                        "active"
+                    ),
+                    sa.func.sum(sa.case((a.c.order_count >= 1, 1), else_=0)).label("buyers"),
+                    sa.func.sum(sa.case((a.c.order_count >= 2, 1), else_=0)).label("repeat"),
+                    sa.func.coalesce(sa.func.sum(a.c.lifetime_earned), 0).label("earned"),
+                    sa.func.coalesce(sa.func.sum(a.c.redeemed), 0).label("redeemed"),
+                    sa.func.coalesce(sa.func.sum(a.c.available + a.c.pending), 0).label(
+                        "outstanding"
+                    ),
+                ).where(a.c.program_id == program_id)
+            )
+        ).one()
+        return {k: int(v or 0) for k, v in row._mapping.items()}
+
+    async def tier_totals(self, program_id: str) -> list[tuple[str | None, int, int, int]]:
+        """Per tier: members, net spend and orders."""
+        a = t.member_accounts
+        rows = await self.conn.execute(
+            sa.select(
+                a.c.tier_id,
+                sa.func.count(),
+                sa.func.coalesce(sa.func.sum(a.c.total_spend_minor), 0),
+                sa.func.coalesce(sa.func.sum(a.c.order_count), 0),
+            )
+            .where(a.c.program_id == program_id)
+            .group_by(a.c.tier_id)
+        )
+        return [(r[0], int(r[1]), int(r[2]), int(r[3])) for r in rows]
+
+
+def _scores(row: Any) -> Scores:
+    return Scores(row.recency, row.frequency, row.monetary, row.segment_id, row.compute_time)

@@ -1,0 +1,166 @@
+"""The marketing path: statistics, RFM segments, top customers, insights and metrics."""
+
+from __future__ import annotations
+
+from datetime import timedelta
+
+import grpc
+
+from loyalty_engine.gen.loyalty.v1 import points_service_pb2 as ps
+from loyalty_engine.gen.loyalty.v1 import segment_service_pb2 as sp
+from loyalty_engine.gen.loyalty.v1 import segment_service_pb2_grpc
+
+
+def _stub(scenario):
+    return segment_service_pb2_grpc.SegmentServiceStub(scenario.client.channel)
+
+
+async def _refresh(scenario, program: str) -> int:
+    reply = await _stub(scenario).RefreshSegments(
+        sp.RefreshSegmentsRequest(
+            request_id=f"refresh-{program}-{scenario.clock.now.isoformat()}",
+            program=f"programs/{program}",
+        )
+    )
+    return reply.members_scored
+
+
+async def test_rfm_scores_and_segments_on_a_hand_checked_set(scenario, clock) -> None:
+    program = await scenario.program(latePurchaseWindowDays=3650)
+    now = clock.now
+    # Five members: (days since last purchase, orders, spend per order)
+    plan = {
+        "champ": (1, 5, 10_000),
+        "loyal": (100, 4, 8_000),
+        "newbie": (2, 1, 1_000),
+        "sleepy": (200, 2, 3_000),
+        "lost": (700, 1, 500),
+    }
+    members = {}
+    for key, (days, orders, amount) in plan.items():
+        member = await scenario.member(program)
+        members[key] = member
+        for i in range(orders):
+            await scenario.purchase(member, amount, when=now - timedelta(days=days + i))
+
+    assert await _refresh(scenario, program) == 5
+
+    def scores(member):
+        return _stub(scenario).GetMemberInsights(sp.GetMemberInsightsRequest(member=member))
+
+    expected = {
+        # recency rank by last purchase: lost 1, sleepy 2, loyal 3, newbie 4, champ 5
+        # frequency by orders: lost=newbie (1) -> 1, sleepy 3, loyal 4, champ 5
+        "champ": (5, 5, "champions"),
+        "newbie": (4, 1, "promising"),
+        "loyal": (3, 4, "loyal"),
+        "sleepy": (2, 3, "at-risk"),
+        "lost": (1, 1, "lost"),
+    }
+    for key, (r, f, segment) in expected.items():
+        reply = await scores(members[key])
+        assert (reply.scores.recency, reply.scores.frequency) == (r, f), key
+        assert reply.scores.segment == f"programs/{program}/segments/{segment}", key
+
+    listed = await _stub(scenario).ListSegments(
+        sp.ListSegmentsRequest(parent=f"programs/{program}")
+    )
+    counts = {s.name.rsplit("/", 1)[1]: s.member_count for s in listed.segments}
+    assert len(counts) == 11
+    assert sum(counts.values()) == 5
+    assert counts["champions"] == 1 and counts["lost"] == 1
+
+    exported = [
+        m
+        async for m in _stub(scenario).ListSegmentMembers(
+            sp.ListSegmentMembersRequest(segment=f"programs/{program}/segments/champions")
+        )
+    ]
+    assert [m.member for m in exported] == [members["champ"]]
+
+
+async def test_statistics_follow_purchases_and_returns(scenario, clock) -> None:
+    program = await scenario.program()
+    member = await scenario.member(program)
+    await scenario.purchase(member, 3_000, order_id="a", lines=[("S1", "coffee", 3, 1_000)])
+    await scenario.purchase(member, 5_000, order_id="b", lines=[("S2", "tea", 1, 5_000)])
+    await scenario.client.points.RecordReturn(
+        ps.RecordReturnRequest(
+            request_id="ret-1",
+            member=member,
+            order_id="b",
+            return_id="r1",
+            return_time=scenario.purchase_request(member, 1).purchase.purchase_time,
+        )
+    )
+    await scenario.client.points.RecordReturn(
+        ps.RecordReturnRequest(
+            request_id="ret-2",
+            member=member,
+            order_id="a",
+            return_id="r2",
+            return_time=scenario.purchase_request(member, 1).purchase.purchase_time,
+            lines=[ps.ReturnLine(line_index=0, quantity=1)],
+        )
+    )
+
+    reply = await _stub(scenario).GetMemberInsights(sp.GetMemberInsightsRequest(member=member))
+
+    stats = reply.statistics
+    assert stats.order_count == 1  # order b came back in full
+    assert stats.total_spend.amount_minor == 2_000
+    assert stats.spend_12_months.amount_minor == 2_000 and stats.orders_12_months == 1
+    assert list(stats.categories) == ["coffee", "tea"]
+
+
+async def test_top_customers_n_and_percent_with_ties(scenario, clock, errors) -> None:
+    program = await scenario.program()
+    spends = [9_000, 7_000, 7_000, 5_000, 1_000, 1_000, 1_000, 1_000, 1_000, 1_000]
+    members = []
+    for amount in spends:
+        member = await scenario.member(program)
+        members.append(member)
+        await scenario.purchase(member, amount)
+    await _refresh(scenario, program)
+
+    def top(**limit):
+        return _stub(scenario).ListTopCustomers(
+            sp.ListTopCustomersRequest(
+                parent=f"programs/{program}",
+                metric=sp.TOP_CUSTOMER_METRIC_SPEND,
+                window=sp.TOP_CUSTOMER_WINDOW_12_MONTHS,
+                **limit,
+            )
+        )
+
+    two = await top(top_n=2)
+    assert [(c.rank, c.value) for c in two.customers] == [(1, 9_000), (2, 7_000), (2, 7_000)]
+    assert two.customers[0].member == members[0]
+    ten_percent = await top(top_percent_basis_points=1_000)
+    assert [c.member for c in ten_percent.customers] == [members[0]]
+    half = await top(top_percent_basis_points=5_000)
+    assert len(half.customers) == 10  # the fifth is tied with everyone below it
+    code, reason, _ = await errors(top(top_n=0))
+    assert code == grpc.StatusCode.INVALID_ARGUMENT
+
+
+async def test_program_metrics(scenario, clock) -> None:
+    program = await scenario.program(pointValueMinorPer100Points=50)
+    a = await scenario.member(program)
+    b = await scenario.member(program)
+    await scenario.member(program)
+    await scenario.purchase(a, 10_000)
+    await scenario.purchase(a, 5_000)
+    await scenario.purchase(b, 2_000, when=clock.now - timedelta(days=20))
+
+    reply = await _stub(scenario).GetProgramMetrics(
+        sp.GetProgramMetricsRequest(program=f"programs/{program}")
+    )
+
+    assert reply.member_count == 3
+    assert reply.active_member_count == 2
+    assert reply.repeat_purchase_rate_basis_points == 5_000
+    assert reply.points_earned == 170
+    assert reply.outstanding_points == 170
+    assert reply.outstanding_liability.amount_minor == 85
+    assert reply.redemption_rate_basis_points == 0
