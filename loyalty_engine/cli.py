@@ -9,10 +9,12 @@ import logging
 import os
 import sys
 from collections.abc import Sequence
+from typing import TextIO
 
 from loyalty_engine.api.telemetry import configure_logging
 from loyalty_engine.bootstrap import App, build_app
 from loyalty_engine.config import ConfigError, Settings, check_transport, load_settings
+from loyalty_engine.domain.errors import DomainError
 
 log = logging.getLogger("loyalty_engine")
 
@@ -84,6 +86,24 @@ def _parser() -> argparse.ArgumentParser:
     _common(expire)
     expire.add_argument("--program", required=True, help="program id")
 
+    imports = sub.add_parser("import", help="load historical purchases from a CSV file")
+    _common(imports)
+    imports.add_argument("file", help="CSV file (see loyalty_engine/csv_io.py for the columns)")
+    imports.add_argument("--program", required=True, help="program id")
+    imports.add_argument("--award-points", action="store_true", help="award points retroactively")
+    imports.add_argument("--batch", type=int, default=2000, help="rows per transaction")
+
+    segments = sub.add_parser("segments", help="RFM segments")
+    segments_sub = segments.add_subparsers(dest="segments_command", required=True)
+    refresh = segments_sub.add_parser("refresh", help="recompute a program's RFM scores now")
+    _common(refresh)
+    refresh.add_argument("--program", required=True)
+    export = segments_sub.add_parser("export", help="write a segment's members as CSV")
+    _common(export)
+    export.add_argument("--program", required=True)
+    export.add_argument("--segment", required=True, help="segment id, such as champions or at-risk")
+    export.add_argument("--output", default="-", help="file to write (default: standard output)")
+
     health = sub.add_parser("health", help="check a running server's health (exit 0 when SERVING)")
     health.add_argument("--address", default="127.0.0.1:50051")
     health.add_argument("--timeout", type=float, default=3.0)
@@ -120,6 +140,7 @@ async def _ensure_schema(app: App, migrate: bool) -> None:
 async def _maintenance_loop(app: App) -> None:
     """Periodically release pending points, expire points and review tiers for every program."""
     from loyalty_engine.services.maintenance import run_maintenance
+    from loyalty_engine.services.segments import refresh_segments
 
     interval = app.settings.maintenance_interval_seconds
     while True:
@@ -130,6 +151,9 @@ async def _maintenance_loop(app: App) -> None:
             for program_id in program_ids:
                 report = await run_maintenance(app.db.unit_of_work, program_id, app.clock())
                 app.telemetry.points_expired.inc(report.points_expired)
+                async with app.db.unit_of_work() as uow:
+                    await refresh_segments(uow, program_id, app.clock())
+                    await uow.commit()
                 if report.members_changed:
                     log.info("maintenance %s: %s", program_id, report)
         except Exception:
@@ -304,6 +328,89 @@ async def _expire(settings: Settings, program_id: str) -> None:
         await app.close()
 
 
+async def _import(settings: Settings, args: argparse.Namespace, handle: TextIO) -> None:
+    import time
+
+    from loyalty_engine.csv_io import read_purchases
+    from loyalty_engine.services.imports import ImportReport, ImportRow, import_batch
+    from loyalty_engine.services.programs import load_program
+
+    app = build_app(settings)
+    report = ImportReport()
+    started = time.monotonic()
+    rows = 0
+
+    def progress(final: bool = False) -> None:
+        rate = rows / max(time.monotonic() - started, 1e-9)
+        end = "\n" if final else ""
+        print(
+            f"\r{rows:,} rows  {report.imported:,} imported  {report.duplicates:,} duplicates  "
+            f"{report.error_count:,} errors  {rate:,.0f} rows/s",
+            end=end,
+            file=sys.stderr,
+            flush=True,
+        )
+
+    async def flush(batch: list[ImportRow]) -> None:
+        async with app.db.unit_of_work() as uow:
+            program = await load_program(uow, args.program)
+            report.merge(await import_batch(uow, program, batch, app.clock()))
+            await uow.commit()
+
+    try:
+        await _ensure_schema(app, migrate=False)
+        batch: list[ImportRow] = []
+        for item in read_purchases(handle, args.program, args.award_points):
+            rows += 1
+            if isinstance(item, tuple):
+                report.add_error(*item)
+                continue
+            batch.append(item)
+            if len(batch) >= max(1, args.batch):
+                await flush(batch)
+                batch = []
+                progress()
+        if batch:
+            await flush(batch)
+        progress(final=True)
+        for row, reason, message in report.errors:
+            print(f"line {row}: {reason}: {message}", file=sys.stderr)
+    finally:
+        await app.close()
+
+
+async def _segments(settings: Settings, args: argparse.Namespace, out: TextIO) -> None:
+    import csv
+
+    from loyalty_engine.services.segments import refresh_segments, segment_members
+
+    app = build_app(settings)
+    try:
+        await _ensure_schema(app, migrate=False)
+        if args.segments_command == "refresh":
+            async with app.db.unit_of_work() as uow:
+                count = await refresh_segments(uow, args.program, app.clock())
+                await uow.commit()
+            print(f"scored {count:,} members")
+            return
+        writer = csv.writer(out)
+        writer.writerow(["member", "external_id", "recency", "frequency", "monetary", "segment"])
+        after = ""
+        while True:
+            async with app.db.unit_of_work() as uow:
+                batch = await segment_members(uow, args.program, args.segment, after, 5000)
+            for m in batch:
+                writer.writerow([
+                    f"programs/{args.program}/members/{m.member_id}", m.external_id,
+                    m.scores.recency, m.scores.frequency, m.scores.monetary, m.scores.segment_id,
+                ])  # fmt: skip
+            if len(batch) < 5000:
+                break
+            after = batch[-1].member_id
+    finally:
+        await app.close()
+
+
 async def _health(address: str, deadline_seconds: float) -> int:
     import grpc
     from grpc_health.v1 import health_pb2, health_pb2_grpc
@@ -345,6 +452,15 @@ def main(argv: Sequence[str] | None = None) -> int:
             _serve(args, settings)
         elif args.command == "keys":
             asyncio.run(_keys_create(settings, args))
+        elif args.command == "import":
+            with open(args.file, newline="", encoding="utf-8") as handle:
+                asyncio.run(_import(settings, args, handle))
+        elif args.command == "segments":
+            if getattr(args, "output", "-") == "-":
+                asyncio.run(_segments(settings, args, sys.stdout))
+            else:
+                with open(args.output, "w", newline="", encoding="utf-8") as out:
+                    asyncio.run(_segments(settings, args, out))
         elif args.command == "migrate":
             asyncio.run(_migrate(settings))
         elif args.command == "demo":
@@ -354,6 +470,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except ConfigError as exc:
         print(f"loyalty-engine: {exc}", file=sys.stderr)
         return 2
+    except DomainError as exc:
+        print(f"loyalty-engine: {exc.reason}: {exc.message}", file=sys.stderr)
+        return 1
     except OSError as exc:
         print(f"loyalty-engine: {exc}", file=sys.stderr)
         return 1

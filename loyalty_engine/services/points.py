@@ -190,9 +190,13 @@ async def _qualifying_value(uow: UnitOfWork, program: Program, member_id: str, a
     )
 
 
-def _validate_purchase(
-    cmd: RecordPurchase, program: Program, now: datetime
+def validate_purchase(
+    cmd: RecordPurchase, program: Program, now: datetime, *, historical: bool = False
 ) -> tuple[LineItem, ...]:
+    """The purchase's lines (one "uncategorized" line when none were sent), if it is valid.
+
+    `historical` (bulk imports of past sales) lifts the late-sale window.
+    """
     errors = ViolationCollector()
     if not cmd.order_id or len(cmd.order_id) > MAX_TEXT or not cmd.order_id.isprintable():
         errors.add("purchase.order_id", f"is required: 1-{MAX_TEXT} printable characters")
@@ -240,7 +244,9 @@ def _validate_purchase(
             "purchase.purchase_time is in the future",
             {"field": "purchase.purchase_time"},
         )
-    if cmd.purchase_time < now - timedelta(days=program.late_purchase_window_days):
+    if not historical and cmd.purchase_time < now - timedelta(
+        days=program.late_purchase_window_days
+    ):
         raise OutOfRange(
             "PURCHASE_TOO_LATE",
             f"purchase.purchase_time is older than the program's "
@@ -262,7 +268,7 @@ async def _tier_at(uow: UnitOfWork, locked: LockedAccount, when: datetime) -> st
 async def record_purchase(uow: UnitOfWork, cmd: RecordPurchase, now: datetime) -> PurchaseResult:
     """Record a sale and award its points, exactly once per order id."""
     program = await load_program(uow, cmd.program_id)
-    lines = _validate_purchase(cmd, program, now)
+    lines = validate_purchase(cmd, program, now)
     locked = await lock_member(uow, program, cmd.member_id)
     if locked.member_state is MemberState.ERASED:
         raise FailedPrecondition("MEMBER_ERASED", "the member's personal data was erased")

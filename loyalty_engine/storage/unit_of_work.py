@@ -6,6 +6,7 @@ from types import TracebackType
 
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
+from loyalty_engine.storage.imports import ImportRepository
 from loyalty_engine.storage.keys import ApiKeyRepository
 from loyalty_engine.storage.repositories import (
     AccountRepository,
@@ -32,6 +33,7 @@ class UnitOfWork:
     rewards: RewardRepository
     keys: ApiKeyRepository
     segments: SegmentRepository
+    imports: ImportRepository
 
     def __init__(self, engine: AsyncEngine, *, dialect: str) -> None:
         self._engine = engine
@@ -61,6 +63,7 @@ class UnitOfWork:
         self.rewards = RewardRepository(conn, self.dialect)
         self.keys = ApiKeyRepository(conn, self.dialect)
         self.segments = SegmentRepository(conn, self.dialect)
+        self.imports = ImportRepository(conn, self.dialect)
         self._committed = False
         return self
 

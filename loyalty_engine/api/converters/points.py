@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
-from loyalty_engine.api.converters.common import set_timestamp
+from loyalty_engine.api.converters.common import set_timestamp, to_datetime
 from loyalty_engine.domain.earning import LineItem
+from loyalty_engine.domain.errors import InvalidArgument
 from loyalty_engine.domain.ledger import EntryKind
 from loyalty_engine.domain.names import child_name, member_name
 from loyalty_engine.gen.loyalty.v1 import common_pb2
 from loyalty_engine.gen.loyalty.v1 import points_service_pb2 as pb
-from loyalty_engine.services.points import Balance, PurchaseResult, ReturnResult
+from loyalty_engine.services.imports import ImportRow
+from loyalty_engine.services.points import Balance, PurchaseResult, RecordPurchase, ReturnResult
 from loyalty_engine.storage.repositories import StoredEntry, StoredTierChange
 
 ENTRY_KIND = {
@@ -36,6 +38,32 @@ def line_items(items: list[common_pb2.LineItem]) -> tuple[LineItem, ...]:
             sku=i.sku, category=i.category, quantity=i.quantity, unit_price_minor=i.unit_price_minor
         )
         for i in items
+    )
+
+
+def import_row(row: int, program_id: str, request: pb.ImportPurchasesRequest) -> ImportRow:
+    """One streamed historical purchase as an import row."""
+    p = request.purchase
+    if (
+        not request.HasField("purchase")
+        or not p.HasField("total")
+        or not p.HasField("purchase_time")
+    ):
+        raise InvalidArgument.for_field("purchase", "needs order_id, purchase_time and total")
+    return ImportRow(
+        row=row,
+        member_external_id=request.member_external_id,
+        award_points=request.award_points,
+        purchase=RecordPurchase(
+            program_id=program_id,
+            member_id="",
+            order_id=p.order_id,
+            purchase_time=to_datetime(p.purchase_time, "purchase.purchase_time"),
+            store_id=p.store_id,
+            currency_code=p.total.currency_code,
+            total_minor=p.total.amount_minor,
+            lines=line_items(list(p.line_items)),
+        ),
     )
 
 

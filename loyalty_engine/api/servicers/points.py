@@ -13,19 +13,24 @@ from loyalty_engine.api.converters.common import (
     decode_page_token,
     encode_page_token,
     optional_datetime,
+    position_before,
     to_datetime,
 )
 from loyalty_engine.api.errors import grpc_client_stream_method, grpc_method
 from loyalty_engine.api.servicers.programs import _require
 from loyalty_engine.api.transactions import exactly_once, in_transaction
 from loyalty_engine.bootstrap import App
-from loyalty_engine.domain.errors import InvalidArgument, Unimplemented
+from loyalty_engine.domain.errors import DomainError, InvalidArgument
 from loyalty_engine.domain.names import parse_member, parse_program
 from loyalty_engine.gen.loyalty.v1 import points_service_pb2 as pb
 from loyalty_engine.gen.loyalty.v1 import points_service_pb2_grpc as pb_grpc
 from loyalty_engine.services import points as svc
+from loyalty_engine.services.imports import ImportReport, ImportRow, import_batch
 from loyalty_engine.services.maintenance import run_maintenance
 from loyalty_engine.services.paging import page_size
+from loyalty_engine.services.programs import load_program
+
+IMPORT_BATCH = 1000
 
 Ctx: TypeAlias = grpc.aio.ServicerContext[Any, Any]
 
@@ -159,7 +164,7 @@ class PointsServicer(pb_grpc.PointsServiceServicer):
             "e": end.isoformat() if end else "",
         }
         position = decode_page_token(request.page_token, query)
-        before = _int(position, "before")
+        before = position_before(position)
         entries = await in_transaction(
             self.app,
             lambda uow: svc.list_ledger_entries(
@@ -192,7 +197,7 @@ class PointsServicer(pb_grpc.PointsServiceServicer):
         member = parse_member(request.parent, "parent")
         limit = page_size(request.page_size)
         query = {"m": request.parent}
-        before = _int(decode_page_token(request.page_token, query), "before")
+        before = position_before(decode_page_token(request.page_token, query))
         changes = await in_transaction(
             self.app,
             lambda uow: svc.list_tier_changes(
@@ -229,16 +234,46 @@ class PointsServicer(pb_grpc.PointsServiceServicer):
     async def ImportPurchases(
         self, request_iterator: AsyncIterator[pb.ImportPurchasesRequest], context: Ctx
     ) -> pb.ImportPurchasesResponse:
+        program_id = ""
+        report = ImportReport()
+        batch: list[ImportRow] = []
+        row = 0
         async for request in request_iterator:
+            row += 1
             check_streamed_request(request)
-            break
-        raise Unimplemented.for_issue("Bulk imports", 5)
+            if row == 1:
+                program_id = parse_program(request.program, "program")
+            elif request.program and request.program != f"programs/{program_id}":
+                report.add_error(
+                    row, "PROGRAM_MISMATCH", "program: every row must name the first row's program"
+                )
+                continue
+            try:
+                batch.append(conv.import_row(row, program_id, request))
+            except DomainError as error:
+                report.add_error(row, error.reason, error.message)
+                continue
+            if len(batch) >= IMPORT_BATCH:
+                report.merge(await self._import(program_id, batch))
+                batch = []
+        if row == 0:
+            raise InvalidArgument.for_field("program", "the stream had no rows")
+        if batch:
+            report.merge(await self._import(program_id, batch))
+        return pb.ImportPurchasesResponse(
+            imported=report.imported,
+            duplicates=report.duplicates,
+            errors=[
+                pb.ImportError(row=r, reason=reason, message=msg)
+                for r, reason, msg in report.errors
+            ],
+        )
 
+    async def _import(self, program_id: str, batch: list[ImportRow]) -> ImportReport:
+        now = self.app.clock()
 
-def _int(position: dict[str, Any] | None, key: str) -> int | None:
-    if position is None:
-        return None
-    value = position.get(key)
-    if not isinstance(value, int):
-        raise InvalidArgument.for_field("page_token", "is malformed", reason="INVALID_PAGE_TOKEN")
-    return value
+        async def work(uow: Any) -> ImportReport:
+            program = await load_program(uow, program_id)
+            return await import_batch(uow, program, batch, now)
+
+        return await in_transaction(self.app, work, commit=True)
