@@ -210,10 +210,14 @@ class PointsAccount:
             pending=hold_days > 0 and available_time > now,
         )
         if lot.pending:
-            self._record(EntryKind.PENDING, 0, points, now, order_id=order_id, lot_id=lot.lot_id)
+            self._record(
+                EntryKind.PENDING, 0, points, earned_time, order_id=order_id, lot_id=lot.lot_id
+            )
         else:
             self._pay_debt(lot)
-            self._record(EntryKind.EARN, points, 0, now, order_id=order_id, lot_id=lot.lot_id)
+            self._record(
+                EntryKind.EARN, points, 0, earned_time, order_id=order_id, lot_id=lot.lot_id
+            )
         self.lifetime_earned += points
         self._note_activity(earned_time)
         self._prune()

@@ -7,9 +7,10 @@ operation through the pure domain aggregate, then persist what it produced.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
+from typing import Any
 
 from loyalty_engine.domain.calendar import add_days, add_months, latest_start
 from loyalty_engine.domain.earning import AwardComponent, LineItem, compute_award, cumulative_share
@@ -89,6 +90,11 @@ class PurchaseResult:
     balance: Balance
     tier_before: str | None
     tier_after: str | None
+    offers_issued: tuple[Any, ...] = ()  # loyalty_engine.domain.offers.Offer
+
+
+# Runs the rules for a member after a purchase, in its transaction; returns the offers issued.
+AfterPurchase = Callable[[UnitOfWork, str, str, datetime], Awaitable[Sequence[Any]]]
 
 
 @dataclass(frozen=True)
@@ -265,8 +271,10 @@ async def _tier_at(uow: UnitOfWork, locked: LockedAccount, when: datetime) -> st
     return locked.tier.tier_id if held is False else held  # type: ignore[return-value]
 
 
-async def record_purchase(uow: UnitOfWork, cmd: RecordPurchase, now: datetime) -> PurchaseResult:
-    """Record a sale and award its points, exactly once per order id."""
+async def record_purchase(
+    uow: UnitOfWork, cmd: RecordPurchase, now: datetime, after: AfterPurchase | None = None
+) -> PurchaseResult:
+    """Record a sale and award its points, exactly once per order id; then run `after`."""
     program = await load_program(uow, cmd.program_id)
     lines = validate_purchase(cmd, program, now)
     locked = await lock_member(uow, program, cmd.member_id)
@@ -332,7 +340,9 @@ async def record_purchase(uow: UnitOfWork, cmd: RecordPurchase, now: datetime) -
         change = policy.after_purchase(locked.tier, value, cmd.purchase_time)
         await _record_tier_change(uow, locked, change, now)
     await uow.accounts.save(locked, now)
+    offers = tuple(await after(uow, cmd.program_id, cmd.member_id, now)) if after else ()
     return PurchaseResult(
+        offers_issued=offers,
         points_awarded=award.total,
         breakdown=award.components,
         pending=award.total > 0

@@ -140,8 +140,8 @@ async def test_top_customers_n_and_percent_with_ties(scenario, clock, errors) ->
     assert [c.member for c in ten_percent.customers] == [members[0]]
     half = await top(top_percent_basis_points=5_000)
     assert len(half.customers) == 10  # the fifth is tied with everyone below it
-    code, reason, _ = await errors(top(top_n=0))
-    assert code == grpc.StatusCode.INVALID_ARGUMENT
+    code, reason, fields = await errors(top(top_n=0))
+    assert (code, reason, fields) == (grpc.StatusCode.INVALID_ARGUMENT, "INVALID_FIELD", ["top_n"])
 
 
 async def test_program_metrics(scenario, clock) -> None:

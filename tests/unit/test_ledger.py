@@ -127,7 +127,8 @@ def test_purchase_recorded_after_its_hold_is_available_at_once() -> None:
         expiry=NEVER,
     )
     assert (acct.available, acct.pending) == (10, 0)
-    assert acct.new_entries[0].occurred_time == T0 + timedelta(days=31)
+    # The entry is dated when the sale happened (the contract's occur_time), not when recorded.
+    assert acct.new_entries[0].occurred_time == T0
 
 
 def test_return_inside_the_window_cancels_the_pending_points() -> None:
