@@ -33,6 +33,7 @@ from loyalty_engine.domain.rewards import (
     new_voucher_code,
     points_discount,
 )
+from loyalty_engine.services.members import get_member
 from loyalty_engine.services.points import Balance, balance_view, lock_member, settle
 from loyalty_engine.services.programs import get_program, load_program
 from loyalty_engine.storage.repositories import LockedAccount
@@ -407,14 +408,15 @@ async def list_redemptions(
     limit: int,
     now: datetime,
 ) -> list[Redemption]:
-    """A page of the member's redemptions, newest first."""
-    from loyalty_engine.services.members import get_member
-
+    """A page of the member's redemptions with their histories, newest first."""
     await get_member(uow, program_id, member_id)
     page = await uow.rewards.list_redemptions(program_id, member_id, before, limit)
+    events = await uow.rewards.events_of(program_id, member_id, [r.redemption_id for r in page])
     for redemption in page:
+        redemption.events = events.get(redemption.redemption_id, [])
+        # Read as GetRedemption reads it: a hold past its time is EXPIRED, at its expire time.
         if redemption.state is RedemptionState.RESERVED and not redemption.holds_at(now):
-            redemption.state = RedemptionState.EXPIRED
+            redemption.move_to(RedemptionState.EXPIRED, redemption.expire_time or now)
     return page
 
 

@@ -261,10 +261,33 @@ class RewardRepository(_Repository):
         ]
         return redemption
 
+    async def events_of(
+        self, program_id: str, member_id: str, redemption_ids: list[str]
+    ) -> dict[str, list[RedemptionEvent]]:
+        """The histories of several redemptions of one member, in one query."""
+        if not redemption_ids:
+            return {}
+        e = t.redemption_events
+        rows = await self.conn.execute(
+            sa.select(e)
+            .where(
+                e.c.program_id == program_id,
+                e.c.member_id == member_id,
+                e.c.redemption_id.in_(redemption_ids),
+            )
+            .order_by(e.c.redemption_id, e.c.seq)
+        )
+        events: dict[str, list[RedemptionEvent]] = {}
+        for row in rows:
+            events.setdefault(row.redemption_id, []).append(
+                RedemptionEvent(RedemptionState(row.state), row.event_time)
+            )
+        return events
+
     async def list_redemptions(
         self, program_id: str, member_id: str, before: tuple[datetime, str] | None, limit: int
     ) -> list[Redemption]:
-        """The member's redemptions, newest first (events not loaded)."""
+        """The member's redemptions, newest first (events are loaded by `events_of`)."""
         r = t.redemptions
         stmt = sa.select(r).where(r.c.program_id == program_id, r.c.member_id == member_id)
         if before is not None:

@@ -160,6 +160,8 @@ async def test_hold_reserves_points_then_confirm_spends_them(scenario) -> None:
     assert (balance.available_points, balance.reserved_points) == (600, 0)
     stock = (await scenario.client.rewards.GetReward(rp.GetRewardRequest(name=reward))).reward.stock
     assert stock == 2
+    listed = await scenario.client.rewards.ListRedemptions(rp.ListRedemptionsRequest(parent=member))
+    assert [r.events for r in listed.redemptions] == [confirmed.redemption.events]
 
 
 async def test_expired_hold_gives_back_points_and_stock_without_a_job(
@@ -186,6 +188,8 @@ async def test_expired_hold_gives_back_points_and_stock_without_a_job(
         rp.GetRedemptionRequest(name=held.redemption.name)
     )
     assert got.redemption.state == rp.REDEMPTION_STATE_EXPIRED
+    listed = await scenario.client.rewards.ListRedemptions(rp.ListRedemptionsRequest(parent=holder))
+    assert [r for r in listed.redemptions if r.name == held.redemption.name] == [got.redemption]
 
 
 async def test_cancel_hold_and_rollback_within_window(scenario, clock, errors) -> None:
