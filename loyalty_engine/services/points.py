@@ -267,6 +267,8 @@ def validate_purchase(
 
 async def _tier_at(uow: UnitOfWork, locked: LockedAccount, when: datetime) -> str | None:
     """The tier the member held at `when` (late sales earn at the tier of their time)."""
+    if locked.tier_change_seq == 0:  # no tier history: the tier has always been this one
+        return locked.tier.tier_id
     held = await uow.accounts.tier_at(locked.program_id, locked.member_id, when)
     return locked.tier.tier_id if held is False else held  # type: ignore[return-value]
 

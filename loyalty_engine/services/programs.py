@@ -33,11 +33,16 @@ async def get_program(uow: UnitOfWork, program_id: str) -> Program:
 
 
 async def load_program(uow: UnitOfWork, program_id: str) -> Program:
-    """A program with its tiers and earning rules folded into its policies."""
+    """A program with its tiers and earning rules folded into its policies (briefly cached)."""
+    cached = uow.program_cache.get(program_id)
+    if cached is not None:
+        return cached
     program = await get_program(uow, program_id)
     tiers = await uow.programs.tiers(program_id)
     rules = await uow.programs.earning_rules(program_id)
-    return with_rules(program, tiers, rules)
+    loaded = with_rules(program, tiers, rules)
+    uow.program_cache.put(loaded)
+    return loaded
 
 
 async def create_program(uow: UnitOfWork, program: Program, now: datetime) -> Program:
@@ -62,6 +67,7 @@ async def update_program(uow: UnitOfWork, updated: Program, now: datetime) -> Pr
         raise InvalidArgument.for_field("program.currency_code", "cannot be changed")
     updated.validate()
     updated = replace(updated, create_time=current.create_time, update_time=now)
+    uow.program_cache.forget(updated.program_id)
     await uow.programs.update(updated)
     return updated
 
@@ -84,6 +90,7 @@ async def create_tier(uow: UnitOfWork, program_id: str, tier: Tier, now: datetim
     if any(t.tier_id == tier.tier_id for t in tiers):
         raise AlreadyExists("TIER_EXISTS", f"tier {tier.tier_id!r} exists already")
     await _check_tiers(uow, program, [*tiers, tier])
+    uow.program_cache.forget(program_id)
     if not await uow.programs.add_tier(program_id, tier, now):
         raise AlreadyExists("TIER_EXISTS", f"tier {tier.tier_id!r} exists already")
     return tier
@@ -112,6 +119,7 @@ async def update_tier(uow: UnitOfWork, program_id: str, updated: Tier, now: date
     await _check_tiers(
         uow, program, [updated if t.tier_id == updated.tier_id else t for t in tiers]
     )
+    uow.program_cache.forget(program_id)
     await uow.programs.update_tier(program_id, updated, now)
     return updated
 
@@ -123,6 +131,7 @@ async def delete_tier(uow: UnitOfWork, program_id: str, tier_id: str) -> None:
         raise FailedPrecondition(
             "TIER_IN_USE", f"members hold tier {tier_id!r}; it cannot be deleted"
         )
+    uow.program_cache.forget(program_id)
     await uow.programs.delete_tier(program_id, tier_id)
 
 
@@ -139,6 +148,7 @@ async def create_earning_rule(
     check_resource_id(rule.rule_id, "earning_rule_id")
     rule.validate()
     await get_program(uow, program_id)
+    uow.program_cache.forget(program_id)
     if not await uow.programs.add_earning_rule(program_id, rule, now):
         raise AlreadyExists("EARNING_RULE_EXISTS", f"earning rule {rule.rule_id!r} exists already")
     return rule
@@ -167,6 +177,7 @@ async def update_earning_rule(
     if current.kind != updated.kind:
         raise InvalidArgument.for_field("earning_rule.kind", "cannot be changed")
     updated.validate()
+    uow.program_cache.forget(program_id)
     await uow.programs.update_earning_rule(program_id, updated, now)
     return updated
 
@@ -174,4 +185,5 @@ async def update_earning_rule(
 async def delete_earning_rule(uow: UnitOfWork, program_id: str, rule_id: str) -> None:
     """Delete an earning rule; points already awarded stay."""
     await get_earning_rule(uow, program_id, rule_id)
+    uow.program_cache.forget(program_id)
     await uow.programs.delete_earning_rule(program_id, rule_id)

@@ -9,6 +9,7 @@ from sqlalchemy import event
 from sqlalchemy.engine import make_url
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 
+from loyalty_engine.storage.program_cache import ProgramCache
 from loyalty_engine.storage.unit_of_work import UnitOfWork
 
 
@@ -26,6 +27,7 @@ class Database:
         elif self.backend == "sqlite":
             kwargs.update(connect_args={"timeout": 30})
         self.engine: AsyncEngine = create_async_engine(parsed, **kwargs)
+        self.program_cache = ProgramCache()
         if self.backend == "sqlite":
             _configure_sqlite(self.engine)
 
@@ -36,7 +38,7 @@ class Database:
 
     def unit_of_work(self) -> UnitOfWork:
         """A new unit of work: one connection, one transaction, rolled back unless committed."""
-        return UnitOfWork(self.engine, dialect=self.backend)
+        return UnitOfWork(self.engine, dialect=self.backend, program_cache=self.program_cache)
 
     async def ping(self) -> None:
         """Fail if the database cannot be reached."""

@@ -8,6 +8,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from loyalty_engine.storage.imports import ImportRepository
 from loyalty_engine.storage.keys import ApiKeyRepository
+from loyalty_engine.storage.program_cache import ProgramCache
 from loyalty_engine.storage.repositories import (
     AccountRepository,
     IdempotencyRepository,
@@ -35,9 +36,12 @@ class UnitOfWork:
     segments: SegmentRepository
     imports: ImportRepository
 
-    def __init__(self, engine: AsyncEngine, *, dialect: str) -> None:
+    def __init__(
+        self, engine: AsyncEngine, *, dialect: str, program_cache: ProgramCache | None = None
+    ) -> None:
         self._engine = engine
         self.dialect = dialect
+        self.program_cache = program_cache or ProgramCache(ttl=0)
         self._conn: AsyncConnection | None = None
         self._committed = False
 
