@@ -97,3 +97,53 @@ def decode_page_token(token: str, query: dict[str, Any]) -> dict[str, Any] | Non
             "page_token", "is not a token of this list query", reason="INVALID_PAGE_TOKEN"
         )
     return position
+
+
+_MAX_POSITION_ID = 200
+_MAX_POSITION_SEQ = 2**63 - 1
+
+
+def position_after(position: dict[str, Any] | None, key: str = "after") -> str:
+    """The id a decoded page token resumes after ("" for the first page).
+
+    Tokens are opaque but come back from clients: anything but an id of ours (a forged or
+    truncated token) is INVALID_PAGE_TOKEN, never a failed query.
+    """
+    if position is None:
+        return ""
+    value = position.get(key)
+    if not isinstance(value, str) or len(value) > _MAX_POSITION_ID or not value.isprintable():
+        raise _malformed_token()
+    return value
+
+
+def position_before(position: dict[str, Any] | None, key: str = "before") -> int | None:
+    """The sequence number a decoded page token resumes before (None for the first page)."""
+    if position is None:
+        return None
+    value = position.get(key)
+    # bool is an int to Python; a number past int64 would fail in the database instead.
+    if type(value) is not int or not 0 <= value <= _MAX_POSITION_SEQ:
+        raise _malformed_token()
+    return value
+
+
+def _malformed_token() -> InvalidArgument:
+    return InvalidArgument.for_field("page_token", "is malformed", reason="INVALID_PAGE_TOKEN")
+
+
+def reject_nul(message: Message, prefix: str = "") -> None:
+    """INVALID_ARGUMENT naming the first string field, at any depth, that holds U+0000.
+
+    No field of the API has a use for NUL, and PostgreSQL can neither store it in text nor
+    compare text with it: without this the query fails and the call ends in INTERNAL.
+    """
+    for field, value in message.ListFields():
+        path = f"{prefix}{field.name}"
+        items = enumerate(value) if field.is_repeated else [(None, value)]
+        for i, item in items:
+            item_path = path if i is None else f"{path}[{i}]"
+            if isinstance(item, Message):
+                reject_nul(item, f"{item_path}.")
+            elif isinstance(item, str) and "\0" in item:
+                raise InvalidArgument.for_field(item_path, "must not contain NUL characters")
