@@ -9,6 +9,7 @@ from datetime import UTC, datetime
 from loyalty_engine.api.auth import Authenticator
 from loyalty_engine.api.telemetry import Telemetry
 from loyalty_engine.config import Settings
+from loyalty_engine.rule_files import RuleBook
 from loyalty_engine.storage.database import Database
 
 
@@ -26,6 +27,7 @@ class App:
     clock: Callable[[], datetime] = field(default=system_clock)
     auth: Authenticator | None = None
     telemetry: Telemetry = field(default_factory=Telemetry)
+    rules: RuleBook = field(default_factory=lambda: RuleBook.empty())
 
     async def close(self) -> None:
         """Release the database pool."""
@@ -41,4 +43,5 @@ def build_app(settings: Settings, clock: Callable[[], datetime] = system_clock) 
         clock=clock,
         auth=Authenticator(db, clock) if settings.auth_required else None,
         telemetry=Telemetry(db),
+        rules=RuleBook.at_start(settings.rules_dir),
     )

@@ -104,6 +104,16 @@ def _parser() -> argparse.ArgumentParser:
     export.add_argument("--segment", required=True, help="segment id, such as champions or at-risk")
     export.add_argument("--output", default="-", help="file to write (default: standard output)")
 
+    rules = sub.add_parser("rules", help="the rule module")
+    rules_sub = rules.add_subparsers(dest="rules_command", required=True)
+    run = rules_sub.add_parser("run", help="run the rules for a program (or one member) now")
+    _common(run)
+    run.add_argument("--program", required=True)
+    run.add_argument("--member", help="only this member id")
+    run.add_argument(
+        "--dry-run", action="store_true", help="report who would get what, change nothing"
+    )
+
     health = sub.add_parser("health", help="check a running server's health (exit 0 when SERVING)")
     health.add_argument("--address", default="127.0.0.1:50051")
     health.add_argument("--timeout", type=float, default=3.0)
@@ -154,10 +164,39 @@ async def _maintenance_loop(app: App) -> None:
                 async with app.db.unit_of_work() as uow:
                     await refresh_segments(uow, program_id, app.clock())
                     await uow.commit()
+                await _daily_rules(app, program_id)
                 if report.members_changed:
                     log.info("maintenance %s: %s", program_id, report)
         except Exception:
             log.exception("maintenance pass failed; it runs again in %.0fs", interval)
+
+
+async def _daily_rules(app: App, program_id: str) -> None:
+    """The daily rule pass (birthdays, time-based conditions), after scores are refreshed."""
+    from loyalty_engine.domain.rules import Trigger
+    from loyalty_engine.services.offers import run_rules
+
+    if not app.rules.rules:
+        return
+    async with app.db.unit_of_work() as uow:
+        report = await run_rules(
+            uow, app.rules.rules, program_id, app.clock(), trigger=Trigger.DAILY
+        )
+        await uow.commit()
+    log.info(
+        "rules %s: %d members, %d actions",
+        program_id,
+        report.members_evaluated,
+        len(report.outcomes or []),
+    )
+
+
+def _reload_rules(app: App) -> None:
+    """SIGHUP: reload the rule files; a bad set is logged and the rules in force stay."""
+    try:
+        app.rules.reload()
+    except DomainError as exc:
+        log.error("%s; the rules in force stay", exc.message)
 
 
 async def _prepare(args: argparse.Namespace, settings: Settings) -> str | None:
@@ -198,6 +237,9 @@ async def _serve_worker(settings: Settings, reuse_port: bool, banner: str | None
             metrics = app.telemetry.serve(settings.metrics_address)
         if banner is not None:
             print(banner.replace("{port}", str(running.port)), flush=True)
+        import signal
+
+        asyncio.get_running_loop().add_signal_handler(signal.SIGHUP, _reload_rules, app)
         background = []
         if settings.maintenance_interval_seconds > 0:
             background.append(asyncio.create_task(_maintenance_loop(app)))
@@ -411,6 +453,35 @@ async def _segments(settings: Settings, args: argparse.Namespace, out: TextIO) -
         await app.close()
 
 
+async def _rules_run(settings: Settings, args: argparse.Namespace) -> None:
+    from loyalty_engine.services.offers import run_rules
+
+    app = build_app(settings)
+    try:
+        await _ensure_schema(app, migrate=False)
+        async with app.db.unit_of_work() as uow:
+            report = await run_rules(
+                uow,
+                app.rules.rules,
+                args.program,
+                app.clock(),
+                member_id=args.member,
+                dry_run=args.dry_run,
+            )
+            if not args.dry_run:
+                await uow.commit()
+        for outcome in report.outcomes or []:
+            print(f"{outcome.member_id}\t{outcome.rule_id}\t{outcome.label}\t{outcome.offer_id}")
+        verb = "would take" if args.dry_run else "took"
+        print(
+            f"evaluated {report.members_evaluated:,} members; {verb} "
+            f"{len(report.outcomes or []):,} actions",
+            file=sys.stderr,
+        )
+    finally:
+        await app.close()
+
+
 async def _health(address: str, deadline_seconds: float) -> int:
     import grpc
     from grpc_health.v1 import health_pb2, health_pb2_grpc
@@ -461,6 +532,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             else:
                 with open(args.output, "w", newline="", encoding="utf-8") as out:
                     asyncio.run(_segments(settings, args, out))
+        elif args.command == "rules":
+            asyncio.run(_rules_run(settings, args))
         elif args.command == "migrate":
             asyncio.run(_migrate(settings))
         elif args.command == "demo":

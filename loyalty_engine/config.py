@@ -42,6 +42,7 @@ class Settings(BaseSettings):
     metrics_address: str = Field(default="", description="host:port for /metrics; empty = off")
     workers: int = Field(default=1, ge=1, le=64)
     log_format: str = Field(default="json")
+    rules_dir: str = Field(default="rules", description="directory of the rule files (YAML)")
 
     @field_validator("database_url")
     @classmethod

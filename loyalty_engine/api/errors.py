@@ -21,6 +21,7 @@ from google.rpc import error_details_pb2, status_pb2
 from sqlalchemy import exc as sa_exc
 
 from loyalty_engine.api.auth import referenced_programs
+from loyalty_engine.api.converters.common import reject_nul
 from loyalty_engine.domain import errors as de
 
 log = logging.getLogger(__name__)
@@ -209,6 +210,7 @@ def grpc_method(
         try:
             boundary.note_request(request)
             await boundary.authorize(request, context)
+            reject_nul(request)  # type: ignore[arg-type]
             return await func(self, request, context)
         except grpc.aio.AbortError:
             raise
@@ -237,6 +239,7 @@ def grpc_stream_method(
         try:
             boundary.note_request(request)
             await boundary.authorize(request, context)
+            reject_nul(request)  # type: ignore[arg-type]
             async for item in func(self, request, context):
                 yield item
         except grpc.aio.AbortError:

@@ -13,6 +13,7 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
 from loyalty_engine.api.servicers.members import MemberServicer
+from loyalty_engine.api.servicers.offers import OfferServicer
 from loyalty_engine.api.servicers.points import PointsServicer
 from loyalty_engine.api.servicers.programs import ProgramServicer
 from loyalty_engine.api.servicers.rewards import RewardServicer
@@ -23,6 +24,8 @@ from loyalty_engine.config import Settings
 from loyalty_engine.gen.loyalty.v1 import (
     member_service_pb2,
     member_service_pb2_grpc,
+    offer_service_pb2,
+    offer_service_pb2_grpc,
     points_service_pb2,
     points_service_pb2_grpc,
     program_service_pb2,
@@ -41,6 +44,7 @@ SERVICE_NAMES = (
     points_service_pb2.DESCRIPTOR.services_by_name["PointsService"].full_name,
     reward_service_pb2.DESCRIPTOR.services_by_name["RewardService"].full_name,
     segment_service_pb2.DESCRIPTOR.services_by_name["SegmentService"].full_name,
+    offer_service_pb2.DESCRIPTOR.services_by_name["OfferService"].full_name,
     *PENDING_SERVICES,
 )
 
@@ -92,6 +96,7 @@ async def start_server(
     points_service_pb2_grpc.add_PointsServiceServicer_to_server(PointsServicer(app), server)
     reward_service_pb2_grpc.add_RewardServiceServicer_to_server(RewardServicer(app), server)
     segment_service_pb2_grpc.add_SegmentServiceServicer_to_server(SegmentServicer(app), server)
+    offer_service_pb2_grpc.add_OfferServiceServicer_to_server(OfferServicer(app), server)
     server.add_generic_rpc_handlers(tuple(pending_handlers(app)))
 
     health_servicer = health.aio.HealthServicer()

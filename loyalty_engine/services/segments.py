@@ -8,6 +8,7 @@ from datetime import datetime, timedelta
 
 from loyalty_engine.domain.calendar import add_months
 from loyalty_engine.domain.errors import InvalidArgument
+from loyalty_engine.domain.names import child_name
 from loyalty_engine.domain.segments import SEGMENTS, Segment, segment_by_id
 from loyalty_engine.services.members import get_member
 from loyalty_engine.services.programs import get_program, load_program
@@ -155,6 +156,16 @@ async def top_customers(
     return result
 
 
+async def active_offer_ids(
+    uow: UnitOfWork, program_id: str, member_id: str, now: datetime
+) -> list[str]:
+    """A member's usable offers, as `programs/{program}/offers/{offer}`."""
+    offers = await uow.offers.list_for_member(
+        program_id, member_id, active_at=now, before=None, limit=100
+    )
+    return [child_name(program_id, "offers", o.offer_id) for o in offers]
+
+
 async def member_insights(
     uow: UnitOfWork, program_id: str, member_id: str, now: datetime
 ) -> MemberInsights:
@@ -181,8 +192,8 @@ async def member_insights(
         currency_code=program.currency_code,
         tier_id=locked.tier.tier_id,
         scores=await uow.segments.scores(program_id, member_id),
-        flags=[],
-        active_offers=[],
+        flags=sorted(await uow.offers.flags(program_id, member_id)),
+        active_offers=await active_offer_ids(uow, program_id, member_id, now),
     )
 
 

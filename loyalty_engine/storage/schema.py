@@ -445,3 +445,89 @@ segment_refreshes = sa.Table(
     sa.Column("compute_time", Ts, nullable=False),
     sa.Column("members_scored", sa.BigInteger, nullable=False),
 )
+
+# --- rules and offers (issue 6) -----------------------------------------------------------
+
+# Flags rules set on members (top_customer); the rule that set each one, and when.
+member_flags = sa.Table(
+    "member_flags",
+    metadata,
+    sa.Column("program_id", Id, primary_key=True),
+    sa.Column("member_id", Id, primary_key=True),
+    sa.Column("flag", sa.String(64), primary_key=True),
+    sa.Column("rule_id", Id, nullable=False),
+    sa.Column("set_time", Ts, nullable=False),
+)
+
+# Offers issued by rules. `period_key` (the birthday, or the issue day) is unique per member
+# and rule, so two rule runs racing for one member can never issue the same offer twice.
+offers = sa.Table(
+    "offers",
+    metadata,
+    sa.Column("program_id", Id, primary_key=True),
+    sa.Column("member_id", Id, primary_key=True),
+    sa.Column("offer_id", Id, primary_key=True),
+    sa.Column("rule_id", Id, nullable=False),
+    sa.Column("period_key", sa.String(64), nullable=False),
+    sa.Column("kind", sa.String(16), nullable=False),
+    sa.Column("code", sa.String(32), nullable=False),
+    sa.Column("message", sa.String(2000), nullable=False),
+    sa.Column("percent_off", sa.Integer, nullable=False),
+    sa.Column("amount_off_minor", sa.BigInteger, nullable=False),
+    sa.Column("currency_code", sa.String(3), nullable=False),
+    sa.Column("bonus_points", Points, nullable=False),
+    sa.Column("sku", sa.String(200), nullable=False),
+    sa.Column("min_order_minor", sa.BigInteger, nullable=False),
+    sa.Column("uses_per_member", sa.Integer, nullable=False),
+    sa.Column("total_uses", sa.BigInteger, nullable=False),
+    sa.Column("uses", sa.Integer, nullable=False),
+    sa.Column("state", sa.String(16), nullable=False),
+    sa.Column("start_time", Ts, nullable=False),
+    sa.Column("end_time", Ts, nullable=False),
+    sa.Column("create_time", Ts, nullable=False),
+    sa.Column("redeem_time", Ts, nullable=True),
+    sa.Column("revoke_time", Ts, nullable=True),
+    sa.CheckConstraint("uses >= 0 AND uses <= uses_per_member", name="uses_within_limit"),
+)
+sa.Index(
+    "ix_offers_rule_period",
+    offers.c.program_id,
+    offers.c.member_id,
+    offers.c.rule_id,
+    offers.c.period_key,
+    unique=True,
+)
+sa.Index("ix_offers_member_code", offers.c.program_id, offers.c.member_id, offers.c.code)
+sa.Index("ix_offers_offer_id", offers.c.program_id, offers.c.offer_id)
+
+offer_events = sa.Table(
+    "offer_events",
+    metadata,
+    sa.Column("program_id", Id, primary_key=True),
+    sa.Column("member_id", Id, primary_key=True),
+    sa.Column("offer_id", Id, primary_key=True),
+    sa.Column("seq", sa.Integer, primary_key=True),
+    sa.Column("state", sa.String(16), nullable=False),
+    sa.Column("event_time", Ts, nullable=False),
+    sa.Column("order_id", sa.String(200), nullable=False),
+    sa.Column("discount_minor", sa.BigInteger, nullable=False),
+)
+
+# Unique per-member codes are unique in a program; the claim turns a collision into a retry.
+offer_codes = sa.Table(
+    "offer_codes",
+    metadata,
+    sa.Column("program_id", Id, primary_key=True),
+    sa.Column("code", sa.String(32), primary_key=True),
+    sa.Column("member_id", Id, nullable=False),
+    sa.Column("offer_id", Id, nullable=False),
+)
+
+# Uses of a rule's offers over all members, for rules with a total usage limit.
+offer_rule_usage = sa.Table(
+    "offer_rule_usage",
+    metadata,
+    sa.Column("program_id", Id, primary_key=True),
+    sa.Column("rule_id", Id, primary_key=True),
+    sa.Column("uses", sa.BigInteger, nullable=False),
+)

@@ -8,6 +8,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from loyalty_engine.storage.imports import ImportRepository
 from loyalty_engine.storage.keys import ApiKeyRepository
+from loyalty_engine.storage.offers import OfferRepository
 from loyalty_engine.storage.program_cache import ProgramCache
 from loyalty_engine.storage.repositories import (
     AccountRepository,
@@ -35,6 +36,7 @@ class UnitOfWork:
     keys: ApiKeyRepository
     segments: SegmentRepository
     imports: ImportRepository
+    offers: OfferRepository
 
     def __init__(
         self, engine: AsyncEngine, *, dialect: str, program_cache: ProgramCache | None = None
@@ -68,6 +70,7 @@ class UnitOfWork:
         self.keys = ApiKeyRepository(conn, self.dialect)
         self.segments = SegmentRepository(conn, self.dialect)
         self.imports = ImportRepository(conn, self.dialect)
+        self.offers = OfferRepository(conn, self.dialect)
         self._committed = False
         return self
 

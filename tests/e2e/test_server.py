@@ -62,14 +62,15 @@ async def test_reflection_describes_a_method_for_generic_clients(client) -> None
     assert reply.file_descriptor_response.file_descriptor_proto
 
 
-async def test_pending_services_answer_unimplemented_with_a_reason(scenario, errors) -> None:
+async def test_offer_service_is_served(scenario, errors) -> None:
+    # It answered UNIMPLEMENTED until issue 6; an unknown offer is now NOT_FOUND.
     from loyalty_engine.gen.loyalty.v1 import offer_service_pb2, offer_service_pb2_grpc
 
     offers = offer_service_pb2_grpc.OfferServiceStub(scenario.client.channel)
     code, reason, _ = await errors(
         offers.GetOffer(offer_service_pb2.GetOfferRequest(name="programs/x/offers/y"))
     )
-    assert (code, reason) == (grpc.StatusCode.UNIMPLEMENTED, "NOT_IMPLEMENTED")
+    assert (code, reason) == (grpc.StatusCode.NOT_FOUND, "OFFER_NOT_FOUND")
 
 
 async def test_empty_required_field_is_invalid_argument_naming_it(scenario, errors) -> None:

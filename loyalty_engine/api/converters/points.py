@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from loyalty_engine.api.converters.common import set_timestamp, to_datetime
+from loyalty_engine.api.converters.offers import offer_to_proto
 from loyalty_engine.domain.earning import LineItem
 from loyalty_engine.domain.errors import InvalidArgument
 from loyalty_engine.domain.ledger import EntryKind
@@ -112,6 +113,7 @@ def purchase_result_to_proto(program_id: str, r: PurchaseResult) -> pb.RecordPur
         balance=balance_to_proto(r.balance),
         tier_before=_tier(program_id, r.tier_before),
         tier_after=_tier(program_id, r.tier_after),
+        offers_issued=[offer_to_proto(program_id, o, o.create_time) for o in r.offers_issued],
     )
 
 

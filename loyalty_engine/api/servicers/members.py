@@ -12,6 +12,7 @@ from loyalty_engine.api.converters.common import (
     decode_page_token,
     encode_page_token,
     optional_datetime,
+    position_after,
 )
 from loyalty_engine.api.errors import grpc_method
 from loyalty_engine.api.servicers.programs import _merge, _require
@@ -122,7 +123,7 @@ class MemberServicer(pb_grpc.MemberServiceServicer):
             else "",
         }
         position = decode_page_token(request.page_token, query)
-        after = str(position["after"]) if position else ""
+        after = position_after(position)
         members = await in_transaction(
             self.app, lambda uow: svc.list_members(uow, program_id, after, limit + 1, filters)
         )
@@ -146,8 +147,9 @@ class MemberServicer(pb_grpc.MemberServiceServicer):
                 "key", "set one of external_id, email, phone, card_number"
             )
         value = getattr(request, key)
-        if not value or len(value) > 320:
-            raise InvalidArgument.for_field(key, "must be 1-320 characters")
+        # No stored key holds control characters, and PostgreSQL cannot even compare NUL.
+        if not value or len(value) > 320 or not value.isprintable():
+            raise InvalidArgument.for_field(key, "must be 1-320 printable characters")
         member = await in_transaction(
             self.app, lambda uow: svc.lookup_member(uow, program_id, _LOOKUP_KEYS[key], value)
         )

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import AsyncIterator
+from functools import partial
 from typing import Any, TypeAlias
 
 import grpc
@@ -27,6 +28,7 @@ from loyalty_engine.gen.loyalty.v1 import points_service_pb2_grpc as pb_grpc
 from loyalty_engine.services import points as svc
 from loyalty_engine.services.imports import ImportReport, ImportRow, import_batch
 from loyalty_engine.services.maintenance import run_maintenance
+from loyalty_engine.services.offers import rules_after_purchase
 from loyalty_engine.services.paging import page_size
 from loyalty_engine.services.programs import load_program
 
@@ -69,7 +71,9 @@ class PointsServicer(pb_grpc.PointsServiceServicer):
             request_id=request.request_id,
             program_id=member.program_id,
             member_id=member.member_id,
-            work=lambda uow: svc.record_purchase(uow, cmd, self.app.clock()),
+            work=lambda uow: svc.record_purchase(
+                uow, cmd, self.app.clock(), partial(rules_after_purchase, self.app.rules.rules)
+            ),
             encode=lambda r: conv.purchase_result_to_proto(member.program_id, r),
             response_type=pb.RecordPurchaseResponse,
             on_commit=lambda r: self.app.telemetry.points_awarded.inc(r.points_awarded),
@@ -80,8 +84,11 @@ class PointsServicer(pb_grpc.PointsServiceServicer):
         self, request: pb.RecordReturnRequest, context: Ctx
     ) -> pb.RecordReturnResponse:
         member = parse_member(request.member)
-        if not request.order_id:
-            raise InvalidArgument.for_field("order_id", "is required")
+        # The rule RecordPurchase applies to order ids; anything else cannot name an order.
+        if not 1 <= len(request.order_id) <= svc.MAX_TEXT or not request.order_id.isprintable():
+            raise InvalidArgument.for_field(
+                "order_id", f"is required: 1-{svc.MAX_TEXT} printable characters"
+            )
         if not request.HasField("return_time"):
             raise InvalidArgument.for_field("return_time", "is required")
         cmd = svc.RecordReturn(

@@ -14,6 +14,7 @@ from loyalty_engine.api.converters.common import (
     decode_page_token,
     encode_page_token,
     optional_datetime,
+    position_after,
 )
 from loyalty_engine.api.errors import grpc_method
 from loyalty_engine.api.transactions import exactly_once, in_transaction
@@ -83,7 +84,7 @@ class ProgramServicer(pb_grpc.ProgramServiceServicer):
     ) -> pb.ListProgramsResponse:
         limit = page_size(request.page_size)
         position = decode_page_token(request.page_token, {})
-        after = str(position["after"]) if position else ""
+        after = position_after(position)
         programs = await in_transaction(
             self.app, lambda uow: svc.list_programs(uow, after, limit + 1)
         )
@@ -320,7 +321,7 @@ class ProgramServicer(pb_grpc.ProgramServiceServicer):
         limit = page_size(request.page_size)
         query = {"p": program_id}
         position = decode_page_token(request.page_token, query)
-        after = str(position["after"]) if position else ""
+        after = position_after(position)
         found = await in_transaction(
             self.app, lambda uow: keys_svc.list_keys(uow, program_id, after, limit + 1)
         )

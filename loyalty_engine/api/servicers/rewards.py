@@ -7,7 +7,12 @@ from typing import Any, TypeAlias
 import grpc
 
 from loyalty_engine.api.converters import rewards as conv
-from loyalty_engine.api.converters.common import checked_mask, decode_page_token, encode_page_token
+from loyalty_engine.api.converters.common import (
+    checked_mask,
+    decode_page_token,
+    encode_page_token,
+    position_after,
+)
 from loyalty_engine.api.converters.points import balance_to_proto
 from loyalty_engine.api.errors import grpc_method
 from loyalty_engine.api.servicers.programs import _merge, _require
@@ -83,7 +88,7 @@ class RewardServicer(pb_grpc.RewardServiceServicer):
         limit = page_size(request.page_size)
         query = {"m": request.member}
         position = decode_page_token(request.page_token, query)
-        after = str(position["after"]) if position else ""
+        after = position_after(position)
         items = await in_transaction(
             self.app,
             lambda uow: svc.list_rewards(

@@ -14,12 +14,9 @@ from google.protobuf import message_factory
 
 from loyalty_engine.api.errors import RpcBoundary
 from loyalty_engine.domain.errors import Unimplemented
-from loyalty_engine.gen.loyalty.v1 import offer_service_pb2
 
 # service full name -> (module with the descriptor, the feature, the issue that builds it)
-PENDING_SERVICES: dict[str, tuple[Any, str, int]] = {
-    "loyalty.v1.OfferService": (offer_service_pb2, "Offers and rules", 6),
-}
+PENDING_SERVICES: dict[str, tuple[Any, str, int]] = {}
 
 
 async def _refuse(

@@ -24,67 +24,68 @@ _sym_db = _symbol_database.Default()
 
 from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__pb2
 from loyalty_engine.gen.loyalty.v1 import common_pb2 as loyalty_dot_v1_dot_common__pb2
+from loyalty_engine.gen.loyalty.v1 import offer_service_pb2 as loyalty_dot_v1_dot_offer__service__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1floyalty/v1/points_service.proto\x12\nloyalty.v1\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x17loyalty/v1/common.proto\"\xad\x01\n\x08Purchase\x12\x10\n\x08order_id\x18\x01 \x01(\t\x12\x31\n\rpurchase_time\x18\x02 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x10\n\x08store_id\x18\x03 \x01(\t\x12 \n\x05total\x18\x04 \x01(\x0b\x32\x11.loyalty.v1.Money\x12(\n\nline_items\x18\x05 \x03(\x0b\x32\x14.loyalty.v1.LineItem\"=\n\x0e\x41wardComponent\x12\x0c\n\x04rule\x18\x01 \x01(\t\x12\r\n\x05label\x18\x02 \x01(\t\x12\x0e\n\x06points\x18\x03 \x01(\x03\"c\n\x15RecordPurchaseRequest\x12\x12\n\nrequest_id\x18\x01 \x01(\t\x12\x0e\n\x06member\x18\x02 \x01(\t\x12&\n\x08purchase\x18\x03 \x01(\x0b\x32\x14.loyalty.v1.Purchase\"\xc6\x01\n\x16RecordPurchaseResponse\x12\x16\n\x0epoints_awarded\x18\x01 \x01(\x03\x12-\n\tbreakdown\x18\x02 \x03(\x0b\x32\x1a.loyalty.v1.AwardComponent\x12\x16\n\x0epoints_pending\x18\x03 \x01(\x08\x12$\n\x07\x62\x61lance\x18\x04 \x01(\x0b\x32\x13.loyalty.v1.Balance\x12\x13\n\x0btier_before\x18\x05 \x01(\t\x12\x12\n\ntier_after\x18\x06 \x01(\t\"2\n\nReturnLine\x12\x12\n\nline_index\x18\x01 \x01(\x05\x12\x10\n\x08quantity\x18\x02 \x01(\x03\"\xb6\x01\n\x13RecordReturnRequest\x12\x12\n\nrequest_id\x18\x01 \x01(\t\x12\x0e\n\x06member\x18\x02 \x01(\t\x12\x10\n\x08order_id\x18\x03 \x01(\t\x12\x11\n\treturn_id\x18\x04 \x01(\t\x12/\n\x0breturn_time\x18\x05 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12%\n\x05lines\x18\x06 \x03(\x0b\x32\x16.loyalty.v1.ReturnLine\"\x92\x01\n\x14RecordReturnResponse\x12\x17\n\x0fpoints_reversed\x18\x01 \x01(\x03\x12\x18\n\x10shortfall_points\x18\x02 \x01(\x03\x12!\n\x06refund\x18\x03 \x01(\x0b\x32\x11.loyalty.v1.Money\x12$\n\x07\x62\x61lance\x18\x04 \x01(\x0b\x32\x13.loyalty.v1.Balance\"\x94\x01\n\x13\x41\x64justPointsRequest\x12\x12\n\nrequest_id\x18\x01 \x01(\t\x12\x0e\n\x06member\x18\x02 \x01(\t\x12\x0e\n\x06points\x18\x03 \x01(\x03\x12,\n\x06reason\x18\x04 \x01(\x0e\x32\x1c.loyalty.v1.AdjustmentReason\x12\r\n\x05\x61\x63tor\x18\x05 \x01(\t\x12\x0c\n\x04note\x18\x06 \x01(\t\"<\n\x14\x41\x64justPointsResponse\x12$\n\x07\x62\x61lance\x18\x01 \x01(\x0b\x32\x13.loyalty.v1.Balance\"\xc6\x02\n\x07\x42\x61lance\x12\x0e\n\x06member\x18\x01 \x01(\t\x12\x18\n\x10\x61vailable_points\x18\x02 \x01(\x03\x12\x16\n\x0epending_points\x18\x03 \x01(\x03\x12\x17\n\x0freserved_points\x18\x04 \x01(\x03\x12\x1e\n\x16lifetime_earned_points\x18\x05 \x01(\x03\x12\x17\n\x0fredeemed_points\x18\x06 \x01(\x03\x12\x16\n\x0e\x65xpired_points\x18\x07 \x01(\x03\x12\x1a\n\x12next_expiry_points\x18\x08 \x01(\x03\x12\x34\n\x10next_expiry_time\x18\t \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x0c\n\x04tier\x18\n \x01(\t\x12/\n\rtier_progress\x18\x0b \x01(\x0b\x32\x18.loyalty.v1.TierProgress\"`\n\x0cTierProgress\x12\x11\n\tnext_tier\x18\x01 \x01(\t\x12\x11\n\tremaining\x18\x02 \x01(\x03\x12\x15\n\rwindow_months\x18\x03 \x01(\x05\x12\x13\n\x0b\x64\x65scription\x18\x04 \x01(\t\"#\n\x11GetBalanceRequest\x12\x0e\n\x06member\x18\x01 \x01(\t\":\n\x12GetBalanceResponse\x12$\n\x07\x62\x61lance\x18\x01 \x01(\x0b\x32\x13.loyalty.v1.Balance\"\xc8\x02\n\x0bLedgerEntry\x12\x0c\n\x04name\x18\x01 \x01(\t\x12)\n\x04kind\x18\x02 \x01(\x0e\x32\x1b.loyalty.v1.LedgerEntryKind\x12\x0e\n\x06points\x18\x03 \x01(\x03\x12\x16\n\x0epending_points\x18\x04 \x01(\x03\x12\x15\n\rbalance_after\x18\x05 \x01(\x03\x12\x15\n\rpending_after\x18\x06 \x01(\x03\x12.\n\noccur_time\x18\x07 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12/\n\x0b\x63reate_time\x18\x08 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x10\n\x08order_id\x18\t \x01(\t\x12\x0e\n\x06reason\x18\n \x01(\t\x12\r\n\x05\x61\x63tor\x18\x0b \x01(\t\x12\x18\n\x10shortfall_points\x18\x0c \x01(\x03\"\xdb\x01\n\x18ListLedgerEntriesRequest\x12\x0e\n\x06parent\x18\x01 \x01(\t\x12\x11\n\tpage_size\x18\x02 \x01(\x05\x12\x12\n\npage_token\x18\x03 \x01(\t\x12*\n\x05kinds\x18\x04 \x03(\x0e\x32\x1b.loyalty.v1.LedgerEntryKind\x12.\n\nstart_time\x18\x05 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12,\n\x08\x65nd_time\x18\x06 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"e\n\x19ListLedgerEntriesResponse\x12/\n\x0eledger_entries\x18\x01 \x03(\x0b\x32\x17.loyalty.v1.LedgerEntry\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"v\n\nTierChange\x12\x13\n\x0btier_before\x18\x01 \x01(\t\x12\x12\n\ntier_after\x18\x02 \x01(\t\x12\x0e\n\x06reason\x18\x03 \x01(\t\x12/\n\x0b\x63hange_time\x18\x04 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"O\n\x16ListTierChangesRequest\x12\x0e\n\x06parent\x18\x01 \x01(\t\x12\x11\n\tpage_size\x18\x02 \x01(\x05\x12\x12\n\npage_token\x18\x03 \x01(\t\"`\n\x17ListTierChangesResponse\x12,\n\x0ctier_changes\x18\x01 \x03(\x0b\x32\x16.loyalty.v1.TierChange\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"&\n\x13\x45xpirePointsRequest\x12\x0f\n\x07program\x18\x01 \x01(\t\"v\n\x14\x45xpirePointsResponse\x12\x17\n\x0fmembers_changed\x18\x01 \x01(\x03\x12\x16\n\x0epoints_expired\x18\x02 \x01(\x03\x12\x17\n\x0fpoints_released\x18\x03 \x01(\x03\x12\x14\n\x0ctier_changes\x18\x04 \x01(\x03\"\x83\x01\n\x16ImportPurchasesRequest\x12\x0f\n\x07program\x18\x01 \x01(\t\x12\x1a\n\x12member_external_id\x18\x02 \x01(\t\x12&\n\x08purchase\x18\x03 \x01(\x0b\x32\x14.loyalty.v1.Purchase\x12\x14\n\x0c\x61ward_points\x18\x04 \x01(\x08\";\n\x0bImportError\x12\x0b\n\x03row\x18\x01 \x01(\x03\x12\x0e\n\x06reason\x18\x02 \x01(\t\x12\x0f\n\x07message\x18\x03 \x01(\t\"h\n\x17ImportPurchasesResponse\x12\x10\n\x08imported\x18\x01 \x01(\x03\x12\x12\n\nduplicates\x18\x02 \x01(\x03\x12\'\n\x06\x65rrors\x18\x03 \x03(\x0b\x32\x17.loyalty.v1.ImportError*\x9f\x01\n\x10\x41\x64justmentReason\x12!\n\x1d\x41\x44JUSTMENT_REASON_UNSPECIFIED\x10\x00\x12\x1e\n\x1a\x41\x44JUSTMENT_REASON_GOODWILL\x10\x01\x12&\n\"ADJUSTMENT_REASON_SERVICE_RECOVERY\x10\x02\x12 \n\x1c\x41\x44JUSTMENT_REASON_CORRECTION\x10\x03*\x87\x02\n\x0fLedgerEntryKind\x12!\n\x1dLEDGER_ENTRY_KIND_UNSPECIFIED\x10\x00\x12\x1a\n\x16LEDGER_ENTRY_KIND_EARN\x10\x01\x12\x1d\n\x19LEDGER_ENTRY_KIND_PENDING\x10\x02\x12\x1d\n\x19LEDGER_ENTRY_KIND_RELEASE\x10\x03\x12\x1c\n\x18LEDGER_ENTRY_KIND_REDEEM\x10\x04\x12\x1d\n\x19LEDGER_ENTRY_KIND_REVERSE\x10\x05\x12\x1c\n\x18LEDGER_ENTRY_KIND_ADJUST\x10\x06\x12\x1c\n\x18LEDGER_ENTRY_KIND_EXPIRE\x10\x07\x32\xca\x05\n\rPointsService\x12W\n\x0eRecordPurchase\x12!.loyalty.v1.RecordPurchaseRequest\x1a\".loyalty.v1.RecordPurchaseResponse\x12Q\n\x0cRecordReturn\x12\x1f.loyalty.v1.RecordReturnRequest\x1a .loyalty.v1.RecordReturnResponse\x12Q\n\x0c\x41\x64justPoints\x12\x1f.loyalty.v1.AdjustPointsRequest\x1a .loyalty.v1.AdjustPointsResponse\x12K\n\nGetBalance\x12\x1d.loyalty.v1.GetBalanceRequest\x1a\x1e.loyalty.v1.GetBalanceResponse\x12`\n\x11ListLedgerEntries\x12$.loyalty.v1.ListLedgerEntriesRequest\x1a%.loyalty.v1.ListLedgerEntriesResponse\x12Z\n\x0fListTierChanges\x12\".loyalty.v1.ListTierChangesRequest\x1a#.loyalty.v1.ListTierChangesResponse\x12Q\n\x0c\x45xpirePoints\x12\x1f.loyalty.v1.ExpirePointsRequest\x1a .loyalty.v1.ExpirePointsResponse\x12\\\n\x0fImportPurchases\x12\".loyalty.v1.ImportPurchasesRequest\x1a#.loyalty.v1.ImportPurchasesResponse(\x01\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1floyalty/v1/points_service.proto\x12\nloyalty.v1\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x17loyalty/v1/common.proto\x1a\x1eloyalty/v1/offer_service.proto\"\xad\x01\n\x08Purchase\x12\x10\n\x08order_id\x18\x01 \x01(\t\x12\x31\n\rpurchase_time\x18\x02 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x10\n\x08store_id\x18\x03 \x01(\t\x12 \n\x05total\x18\x04 \x01(\x0b\x32\x11.loyalty.v1.Money\x12(\n\nline_items\x18\x05 \x03(\x0b\x32\x14.loyalty.v1.LineItem\"=\n\x0e\x41wardComponent\x12\x0c\n\x04rule\x18\x01 \x01(\t\x12\r\n\x05label\x18\x02 \x01(\t\x12\x0e\n\x06points\x18\x03 \x01(\x03\"c\n\x15RecordPurchaseRequest\x12\x12\n\nrequest_id\x18\x01 \x01(\t\x12\x0e\n\x06member\x18\x02 \x01(\t\x12&\n\x08purchase\x18\x03 \x01(\x0b\x32\x14.loyalty.v1.Purchase\"\xf0\x01\n\x16RecordPurchaseResponse\x12\x16\n\x0epoints_awarded\x18\x01 \x01(\x03\x12-\n\tbreakdown\x18\x02 \x03(\x0b\x32\x1a.loyalty.v1.AwardComponent\x12\x16\n\x0epoints_pending\x18\x03 \x01(\x08\x12$\n\x07\x62\x61lance\x18\x04 \x01(\x0b\x32\x13.loyalty.v1.Balance\x12\x13\n\x0btier_before\x18\x05 \x01(\t\x12\x12\n\ntier_after\x18\x06 \x01(\t\x12(\n\roffers_issued\x18\x07 \x03(\x0b\x32\x11.loyalty.v1.Offer\"2\n\nReturnLine\x12\x12\n\nline_index\x18\x01 \x01(\x05\x12\x10\n\x08quantity\x18\x02 \x01(\x03\"\xb6\x01\n\x13RecordReturnRequest\x12\x12\n\nrequest_id\x18\x01 \x01(\t\x12\x0e\n\x06member\x18\x02 \x01(\t\x12\x10\n\x08order_id\x18\x03 \x01(\t\x12\x11\n\treturn_id\x18\x04 \x01(\t\x12/\n\x0breturn_time\x18\x05 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12%\n\x05lines\x18\x06 \x03(\x0b\x32\x16.loyalty.v1.ReturnLine\"\x92\x01\n\x14RecordReturnResponse\x12\x17\n\x0fpoints_reversed\x18\x01 \x01(\x03\x12\x18\n\x10shortfall_points\x18\x02 \x01(\x03\x12!\n\x06refund\x18\x03 \x01(\x0b\x32\x11.loyalty.v1.Money\x12$\n\x07\x62\x61lance\x18\x04 \x01(\x0b\x32\x13.loyalty.v1.Balance\"\x94\x01\n\x13\x41\x64justPointsRequest\x12\x12\n\nrequest_id\x18\x01 \x01(\t\x12\x0e\n\x06member\x18\x02 \x01(\t\x12\x0e\n\x06points\x18\x03 \x01(\x03\x12,\n\x06reason\x18\x04 \x01(\x0e\x32\x1c.loyalty.v1.AdjustmentReason\x12\r\n\x05\x61\x63tor\x18\x05 \x01(\t\x12\x0c\n\x04note\x18\x06 \x01(\t\"<\n\x14\x41\x64justPointsResponse\x12$\n\x07\x62\x61lance\x18\x01 \x01(\x0b\x32\x13.loyalty.v1.Balance\"\xc6\x02\n\x07\x42\x61lance\x12\x0e\n\x06member\x18\x01 \x01(\t\x12\x18\n\x10\x61vailable_points\x18\x02 \x01(\x03\x12\x16\n\x0epending_points\x18\x03 \x01(\x03\x12\x17\n\x0freserved_points\x18\x04 \x01(\x03\x12\x1e\n\x16lifetime_earned_points\x18\x05 \x01(\x03\x12\x17\n\x0fredeemed_points\x18\x06 \x01(\x03\x12\x16\n\x0e\x65xpired_points\x18\x07 \x01(\x03\x12\x1a\n\x12next_expiry_points\x18\x08 \x01(\x03\x12\x34\n\x10next_expiry_time\x18\t \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x0c\n\x04tier\x18\n \x01(\t\x12/\n\rtier_progress\x18\x0b \x01(\x0b\x32\x18.loyalty.v1.TierProgress\"`\n\x0cTierProgress\x12\x11\n\tnext_tier\x18\x01 \x01(\t\x12\x11\n\tremaining\x18\x02 \x01(\x03\x12\x15\n\rwindow_months\x18\x03 \x01(\x05\x12\x13\n\x0b\x64\x65scription\x18\x04 \x01(\t\"#\n\x11GetBalanceRequest\x12\x0e\n\x06member\x18\x01 \x01(\t\":\n\x12GetBalanceResponse\x12$\n\x07\x62\x61lance\x18\x01 \x01(\x0b\x32\x13.loyalty.v1.Balance\"\xc8\x02\n\x0bLedgerEntry\x12\x0c\n\x04name\x18\x01 \x01(\t\x12)\n\x04kind\x18\x02 \x01(\x0e\x32\x1b.loyalty.v1.LedgerEntryKind\x12\x0e\n\x06points\x18\x03 \x01(\x03\x12\x16\n\x0epending_points\x18\x04 \x01(\x03\x12\x15\n\rbalance_after\x18\x05 \x01(\x03\x12\x15\n\rpending_after\x18\x06 \x01(\x03\x12.\n\noccur_time\x18\x07 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12/\n\x0b\x63reate_time\x18\x08 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x10\n\x08order_id\x18\t \x01(\t\x12\x0e\n\x06reason\x18\n \x01(\t\x12\r\n\x05\x61\x63tor\x18\x0b \x01(\t\x12\x18\n\x10shortfall_points\x18\x0c \x01(\x03\"\xdb\x01\n\x18ListLedgerEntriesRequest\x12\x0e\n\x06parent\x18\x01 \x01(\t\x12\x11\n\tpage_size\x18\x02 \x01(\x05\x12\x12\n\npage_token\x18\x03 \x01(\t\x12*\n\x05kinds\x18\x04 \x03(\x0e\x32\x1b.loyalty.v1.LedgerEntryKind\x12.\n\nstart_time\x18\x05 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12,\n\x08\x65nd_time\x18\x06 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"e\n\x19ListLedgerEntriesResponse\x12/\n\x0eledger_entries\x18\x01 \x03(\x0b\x32\x17.loyalty.v1.LedgerEntry\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"v\n\nTierChange\x12\x13\n\x0btier_before\x18\x01 \x01(\t\x12\x12\n\ntier_after\x18\x02 \x01(\t\x12\x0e\n\x06reason\x18\x03 \x01(\t\x12/\n\x0b\x63hange_time\x18\x04 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"O\n\x16ListTierChangesRequest\x12\x0e\n\x06parent\x18\x01 \x01(\t\x12\x11\n\tpage_size\x18\x02 \x01(\x05\x12\x12\n\npage_token\x18\x03 \x01(\t\"`\n\x17ListTierChangesResponse\x12,\n\x0ctier_changes\x18\x01 \x03(\x0b\x32\x16.loyalty.v1.TierChange\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"&\n\x13\x45xpirePointsRequest\x12\x0f\n\x07program\x18\x01 \x01(\t\"v\n\x14\x45xpirePointsResponse\x12\x17\n\x0fmembers_changed\x18\x01 \x01(\x03\x12\x16\n\x0epoints_expired\x18\x02 \x01(\x03\x12\x17\n\x0fpoints_released\x18\x03 \x01(\x03\x12\x14\n\x0ctier_changes\x18\x04 \x01(\x03\"\x83\x01\n\x16ImportPurchasesRequest\x12\x0f\n\x07program\x18\x01 \x01(\t\x12\x1a\n\x12member_external_id\x18\x02 \x01(\t\x12&\n\x08purchase\x18\x03 \x01(\x0b\x32\x14.loyalty.v1.Purchase\x12\x14\n\x0c\x61ward_points\x18\x04 \x01(\x08\";\n\x0bImportError\x12\x0b\n\x03row\x18\x01 \x01(\x03\x12\x0e\n\x06reason\x18\x02 \x01(\t\x12\x0f\n\x07message\x18\x03 \x01(\t\"h\n\x17ImportPurchasesResponse\x12\x10\n\x08imported\x18\x01 \x01(\x03\x12\x12\n\nduplicates\x18\x02 \x01(\x03\x12\'\n\x06\x65rrors\x18\x03 \x03(\x0b\x32\x17.loyalty.v1.ImportError*\x9f\x01\n\x10\x41\x64justmentReason\x12!\n\x1d\x41\x44JUSTMENT_REASON_UNSPECIFIED\x10\x00\x12\x1e\n\x1a\x41\x44JUSTMENT_REASON_GOODWILL\x10\x01\x12&\n\"ADJUSTMENT_REASON_SERVICE_RECOVERY\x10\x02\x12 \n\x1c\x41\x44JUSTMENT_REASON_CORRECTION\x10\x03*\x87\x02\n\x0fLedgerEntryKind\x12!\n\x1dLEDGER_ENTRY_KIND_UNSPECIFIED\x10\x00\x12\x1a\n\x16LEDGER_ENTRY_KIND_EARN\x10\x01\x12\x1d\n\x19LEDGER_ENTRY_KIND_PENDING\x10\x02\x12\x1d\n\x19LEDGER_ENTRY_KIND_RELEASE\x10\x03\x12\x1c\n\x18LEDGER_ENTRY_KIND_REDEEM\x10\x04\x12\x1d\n\x19LEDGER_ENTRY_KIND_REVERSE\x10\x05\x12\x1c\n\x18LEDGER_ENTRY_KIND_ADJUST\x10\x06\x12\x1c\n\x18LEDGER_ENTRY_KIND_EXPIRE\x10\x07\x32\xca\x05\n\rPointsService\x12W\n\x0eRecordPurchase\x12!.loyalty.v1.RecordPurchaseRequest\x1a\".loyalty.v1.RecordPurchaseResponse\x12Q\n\x0cRecordReturn\x12\x1f.loyalty.v1.RecordReturnRequest\x1a .loyalty.v1.RecordReturnResponse\x12Q\n\x0c\x41\x64justPoints\x12\x1f.loyalty.v1.AdjustPointsRequest\x1a .loyalty.v1.AdjustPointsResponse\x12K\n\nGetBalance\x12\x1d.loyalty.v1.GetBalanceRequest\x1a\x1e.loyalty.v1.GetBalanceResponse\x12`\n\x11ListLedgerEntries\x12$.loyalty.v1.ListLedgerEntriesRequest\x1a%.loyalty.v1.ListLedgerEntriesResponse\x12Z\n\x0fListTierChanges\x12\".loyalty.v1.ListTierChangesRequest\x1a#.loyalty.v1.ListTierChangesResponse\x12Q\n\x0c\x45xpirePoints\x12\x1f.loyalty.v1.ExpirePointsRequest\x1a .loyalty.v1.ExpirePointsResponse\x12\\\n\x0fImportPurchases\x12\".loyalty.v1.ImportPurchasesRequest\x1a#.loyalty.v1.ImportPurchasesResponse(\x01\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'loyalty_engine.gen.loyalty.v1.points_service_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_ADJUSTMENTREASON']._serialized_start=3186
-  _globals['_ADJUSTMENTREASON']._serialized_end=3345
-  _globals['_LEDGERENTRYKIND']._serialized_start=3348
-  _globals['_LEDGERENTRYKIND']._serialized_end=3611
-  _globals['_PURCHASE']._serialized_start=106
-  _globals['_PURCHASE']._serialized_end=279
-  _globals['_AWARDCOMPONENT']._serialized_start=281
-  _globals['_AWARDCOMPONENT']._serialized_end=342
-  _globals['_RECORDPURCHASEREQUEST']._serialized_start=344
-  _globals['_RECORDPURCHASEREQUEST']._serialized_end=443
-  _globals['_RECORDPURCHASERESPONSE']._serialized_start=446
-  _globals['_RECORDPURCHASERESPONSE']._serialized_end=644
-  _globals['_RETURNLINE']._serialized_start=646
-  _globals['_RETURNLINE']._serialized_end=696
-  _globals['_RECORDRETURNREQUEST']._serialized_start=699
-  _globals['_RECORDRETURNREQUEST']._serialized_end=881
-  _globals['_RECORDRETURNRESPONSE']._serialized_start=884
-  _globals['_RECORDRETURNRESPONSE']._serialized_end=1030
-  _globals['_ADJUSTPOINTSREQUEST']._serialized_start=1033
-  _globals['_ADJUSTPOINTSREQUEST']._serialized_end=1181
-  _globals['_ADJUSTPOINTSRESPONSE']._serialized_start=1183
-  _globals['_ADJUSTPOINTSRESPONSE']._serialized_end=1243
-  _globals['_BALANCE']._serialized_start=1246
-  _globals['_BALANCE']._serialized_end=1572
-  _globals['_TIERPROGRESS']._serialized_start=1574
-  _globals['_TIERPROGRESS']._serialized_end=1670
-  _globals['_GETBALANCEREQUEST']._serialized_start=1672
-  _globals['_GETBALANCEREQUEST']._serialized_end=1707
-  _globals['_GETBALANCERESPONSE']._serialized_start=1709
-  _globals['_GETBALANCERESPONSE']._serialized_end=1767
-  _globals['_LEDGERENTRY']._serialized_start=1770
-  _globals['_LEDGERENTRY']._serialized_end=2098
-  _globals['_LISTLEDGERENTRIESREQUEST']._serialized_start=2101
-  _globals['_LISTLEDGERENTRIESREQUEST']._serialized_end=2320
-  _globals['_LISTLEDGERENTRIESRESPONSE']._serialized_start=2322
-  _globals['_LISTLEDGERENTRIESRESPONSE']._serialized_end=2423
-  _globals['_TIERCHANGE']._serialized_start=2425
-  _globals['_TIERCHANGE']._serialized_end=2543
-  _globals['_LISTTIERCHANGESREQUEST']._serialized_start=2545
-  _globals['_LISTTIERCHANGESREQUEST']._serialized_end=2624
-  _globals['_LISTTIERCHANGESRESPONSE']._serialized_start=2626
-  _globals['_LISTTIERCHANGESRESPONSE']._serialized_end=2722
-  _globals['_EXPIREPOINTSREQUEST']._serialized_start=2724
-  _globals['_EXPIREPOINTSREQUEST']._serialized_end=2762
-  _globals['_EXPIREPOINTSRESPONSE']._serialized_start=2764
-  _globals['_EXPIREPOINTSRESPONSE']._serialized_end=2882
-  _globals['_IMPORTPURCHASESREQUEST']._serialized_start=2885
-  _globals['_IMPORTPURCHASESREQUEST']._serialized_end=3016
-  _globals['_IMPORTERROR']._serialized_start=3018
-  _globals['_IMPORTERROR']._serialized_end=3077
-  _globals['_IMPORTPURCHASESRESPONSE']._serialized_start=3079
-  _globals['_IMPORTPURCHASESRESPONSE']._serialized_end=3183
-  _globals['_POINTSSERVICE']._serialized_start=3614
-  _globals['_POINTSSERVICE']._serialized_end=4328
+  _globals['_ADJUSTMENTREASON']._serialized_start=3260
+  _globals['_ADJUSTMENTREASON']._serialized_end=3419
+  _globals['_LEDGERENTRYKIND']._serialized_start=3422
+  _globals['_LEDGERENTRYKIND']._serialized_end=3685
+  _globals['_PURCHASE']._serialized_start=138
+  _globals['_PURCHASE']._serialized_end=311
+  _globals['_AWARDCOMPONENT']._serialized_start=313
+  _globals['_AWARDCOMPONENT']._serialized_end=374
+  _globals['_RECORDPURCHASEREQUEST']._serialized_start=376
+  _globals['_RECORDPURCHASEREQUEST']._serialized_end=475
+  _globals['_RECORDPURCHASERESPONSE']._serialized_start=478
+  _globals['_RECORDPURCHASERESPONSE']._serialized_end=718
+  _globals['_RETURNLINE']._serialized_start=720
+  _globals['_RETURNLINE']._serialized_end=770
+  _globals['_RECORDRETURNREQUEST']._serialized_start=773
+  _globals['_RECORDRETURNREQUEST']._serialized_end=955
+  _globals['_RECORDRETURNRESPONSE']._serialized_start=958
+  _globals['_RECORDRETURNRESPONSE']._serialized_end=1104
+  _globals['_ADJUSTPOINTSREQUEST']._serialized_start=1107
+  _globals['_ADJUSTPOINTSREQUEST']._serialized_end=1255
+  _globals['_ADJUSTPOINTSRESPONSE']._serialized_start=1257
+  _globals['_ADJUSTPOINTSRESPONSE']._serialized_end=1317
+  _globals['_BALANCE']._serialized_start=1320
+  _globals['_BALANCE']._serialized_end=1646
+  _globals['_TIERPROGRESS']._serialized_start=1648
+  _globals['_TIERPROGRESS']._serialized_end=1744
+  _globals['_GETBALANCEREQUEST']._serialized_start=1746
+  _globals['_GETBALANCEREQUEST']._serialized_end=1781
+  _globals['_GETBALANCERESPONSE']._serialized_start=1783
+  _globals['_GETBALANCERESPONSE']._serialized_end=1841
+  _globals['_LEDGERENTRY']._serialized_start=1844
+  _globals['_LEDGERENTRY']._serialized_end=2172
+  _globals['_LISTLEDGERENTRIESREQUEST']._serialized_start=2175
+  _globals['_LISTLEDGERENTRIESREQUEST']._serialized_end=2394
+  _globals['_LISTLEDGERENTRIESRESPONSE']._serialized_start=2396
+  _globals['_LISTLEDGERENTRIESRESPONSE']._serialized_end=2497
+  _globals['_TIERCHANGE']._serialized_start=2499
+  _globals['_TIERCHANGE']._serialized_end=2617
+  _globals['_LISTTIERCHANGESREQUEST']._serialized_start=2619
+  _globals['_LISTTIERCHANGESREQUEST']._serialized_end=2698
+  _globals['_LISTTIERCHANGESRESPONSE']._serialized_start=2700
+  _globals['_LISTTIERCHANGESRESPONSE']._serialized_end=2796
+  _globals['_EXPIREPOINTSREQUEST']._serialized_start=2798
+  _globals['_EXPIREPOINTSREQUEST']._serialized_end=2836
+  _globals['_EXPIREPOINTSRESPONSE']._serialized_start=2838
+  _globals['_EXPIREPOINTSRESPONSE']._serialized_end=2956
+  _globals['_IMPORTPURCHASESREQUEST']._serialized_start=2959
+  _globals['_IMPORTPURCHASESREQUEST']._serialized_end=3090
+  _globals['_IMPORTERROR']._serialized_start=3092
+  _globals['_IMPORTERROR']._serialized_end=3151
+  _globals['_IMPORTPURCHASESRESPONSE']._serialized_start=3153
+  _globals['_IMPORTPURCHASESRESPONSE']._serialized_end=3257
+  _globals['_POINTSSERVICE']._serialized_start=3688
+  _globals['_POINTSSERVICE']._serialized_end=4402
 # @@protoc_insertion_point(module_scope)

@@ -10,6 +10,7 @@ from google.protobuf import timestamp_pb2 as _timestamp_pb2
 from google.protobuf.internal import containers as _containers
 from google.protobuf.internal import enum_type_wrapper as _enum_type_wrapper
 from loyalty_engine.gen.loyalty.v1 import common_pb2 as _common_pb2
+from loyalty_engine.gen.loyalty.v1 import offer_service_pb2 as _offer_service_pb2
 import builtins as _builtins
 import sys
 import typing as _typing
@@ -211,6 +212,7 @@ class RecordPurchaseResponse(_message.Message):
     BALANCE_FIELD_NUMBER: _builtins.int
     TIER_BEFORE_FIELD_NUMBER: _builtins.int
     TIER_AFTER_FIELD_NUMBER: _builtins.int
+    OFFERS_ISSUED_FIELD_NUMBER: _builtins.int
     points_awarded: _builtins.int
     """The points awarded for the purchase."""
     points_pending: _builtins.bool
@@ -227,6 +229,10 @@ class RecordPurchaseResponse(_message.Message):
     def balance(self) -> Global___Balance:
         """The member's balance after the purchase."""
 
+    @_builtins.property
+    def offers_issued(self) -> _containers.RepeatedCompositeFieldContainer[_offer_service_pb2.Offer]:
+        """Offers the rules issued to the member after this purchase."""
+
     def __init__(
         self,
         *,
@@ -236,10 +242,11 @@ class RecordPurchaseResponse(_message.Message):
         balance: Global___Balance | None = ...,
         tier_before: _builtins.str = ...,
         tier_after: _builtins.str = ...,
+        offers_issued: _abc.Iterable[_offer_service_pb2.Offer] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["balance", b"balance"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["balance", b"balance", "breakdown", b"breakdown", "points_awarded", b"points_awarded", "points_pending", b"points_pending", "tier_after", b"tier_after", "tier_before", b"tier_before"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["balance", b"balance", "breakdown", b"breakdown", "offers_issued", b"offers_issued", "points_awarded", b"points_awarded", "points_pending", b"points_pending", "tier_after", b"tier_after", "tier_before", b"tier_before"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
