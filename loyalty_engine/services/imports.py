@@ -17,7 +17,7 @@ from datetime import datetime
 
 from loyalty_engine.domain.earning import compute_award
 from loyalty_engine.domain.errors import DomainError
-from loyalty_engine.domain.members import IdentifierKind, Member, validate_profile
+from loyalty_engine.domain.members import Member, validate_profile
 from loyalty_engine.domain.program import Program
 from loyalty_engine.services.points import RecordPurchase, lock_member, settle, validate_purchase
 from loyalty_engine.storage.unit_of_work import UnitOfWork
@@ -84,10 +84,16 @@ async def import_batch(
     if not valid:
         return report
 
+    first_seen: dict[str, datetime] = {}
+    for item, _ in valid:
+        when = item.purchase.purchase_time
+        first_seen[item.member_external_id] = min(
+            first_seen.get(item.member_external_id, when), when
+        )
     members = await _members_for(
         uow,
         program,
-        {item.member_external_id: item.purchase.purchase_time for item, _ in valid},
+        first_seen,
         now,
     )
     claimed = await uow.imports.claim_orders(
@@ -156,6 +162,7 @@ async def _members_for(
 ) -> dict[str, str]:
     """Member ids by external id, enrolling the members a program brings along."""
     known = await uow.imports.external_ids(program.program_id, list(first_seen))
+    new = []
     for external_id, joined in first_seen.items():
         if external_id in known:
             continue
@@ -168,11 +175,10 @@ async def _members_for(
             update_time=now,
         )
         validate_profile(member, now.date())
-        await uow.members.add(member)
-        await uow.members.claim_identifier(
-            program.program_id, IdentifierKind.EXTERNAL_ID, external_id, member.member_id
-        )
+        new.append(member)
         known[external_id] = member.member_id
+    # Three statements for the whole batch, not three per member.
+    await uow.imports.enroll(new)
     return known
 
 

@@ -10,8 +10,10 @@ from typing import Any
 import sqlalchemy as sa
 from sqlalchemy.dialects import sqlite
 
+from loyalty_engine.domain.members import IdentifierKind, Member
 from loyalty_engine.storage import schema as t
 from loyalty_engine.storage.repositories import _Repository
+from loyalty_engine.storage.schema import UtcDateTime
 
 PURCHASE_COLUMNS = (
     "program_id", "member_id", "order_id", "purchase_time", "store_id", "currency_code",
@@ -101,33 +103,93 @@ class ImportRepository(_Repository):
         if lines:
             await self.conn.execute(t.purchase_lines.insert(), lines)
 
+    async def enroll(self, members: list[Member]) -> None:
+        """Insert new members, their empty accounts and external ids: one statement each."""
+        if not members:
+            return
+        await self.conn.execute(
+            t.members.insert(),
+            [
+                {
+                    "program_id": m.program_id, "member_id": m.member_id,
+                    "external_id": m.external_id, "given_name": None, "family_name": None,
+                    "email": None, "phone": None, "card_number": None, "birth_date": None,
+                    "join_time": m.join_time, "marketing_consent": False,
+                    "state": m.state.value, "create_time": m.create_time,
+                    "update_time": m.update_time, "erase_time": None,
+                }
+                for m in members
+            ],
+        )  # fmt: skip
+        await self.conn.execute(
+            t.member_accounts.insert(),
+            [
+                {
+                    "program_id": m.program_id, "member_id": m.member_id, "available": 0,
+                    "pending": 0, "reserved": 0, "lifetime_earned": 0, "redeemed": 0,
+                    "expired": 0, "reversed": 0, "last_activity_time": None, "entry_seq": 0,
+                    "tier_id": None, "tier_review_time": None, "tier_change_seq": 0,
+                    "first_purchase_time": None, "last_purchase_time": None, "order_count": 0,
+                    "total_spend_minor": 0,
+                }
+                for m in members
+            ],
+        )  # fmt: skip
+        await self.conn.execute(
+            t.member_identifiers.insert(),
+            [
+                {
+                    "program_id": m.program_id, "kind": IdentifierKind.EXTERNAL_ID.value,
+                    "value": m.external_id, "member_id": m.member_id,
+                }
+                for m in members
+            ],
+        )  # fmt: skip
+
     async def add_statistics(
         self, program_id: str, stats: dict[str, tuple[datetime, datetime, int, int]]
     ) -> None:
-        """Fold imported purchases into members' statistics: (first, last, orders, spend)."""
+        """Fold imported purchases into members' statistics: (first, last, orders, spend).
+
+        One executemany for the batch (pipelined by the driver), not a round trip per member.
+        """
+        if not stats:
+            return
         a = t.member_accounts
-        for member_id, (first, last, orders, spend) in stats.items():
-            await self.conn.execute(
-                a.update()
-                .where(a.c.program_id == program_id, a.c.member_id == member_id)
-                .values(
-                    first_purchase_time=sa.case(
-                        (
-                            sa.or_(
-                                a.c.first_purchase_time.is_(None), a.c.first_purchase_time > first
-                            ),
-                            first,
-                        ),
-                        else_=a.c.first_purchase_time,
-                    ),
-                    last_purchase_time=sa.case(
-                        (
-                            sa.or_(a.c.last_purchase_time.is_(None), a.c.last_purchase_time < last),
-                            last,
-                        ),
-                        else_=a.c.last_purchase_time,
-                    ),
-                    order_count=a.c.order_count + orders,
-                    total_spend_minor=a.c.total_spend_minor + spend,
-                )
+        first, last = (
+            sa.bindparam("s_first", type_=UtcDateTime()),
+            sa.bindparam("s_last", type_=UtcDateTime()),
+        )
+        await self.conn.execute(
+            a.update()
+            .where(
+                a.c.program_id == sa.bindparam("s_program"),
+                a.c.member_id == sa.bindparam("s_member"),
             )
+            .values(
+                first_purchase_time=sa.case(
+                    (
+                        sa.or_(a.c.first_purchase_time.is_(None), a.c.first_purchase_time > first),
+                        first,
+                    ),
+                    else_=a.c.first_purchase_time,
+                ),
+                last_purchase_time=sa.case(
+                    (sa.or_(a.c.last_purchase_time.is_(None), a.c.last_purchase_time < last), last),
+                    else_=a.c.last_purchase_time,
+                ),
+                order_count=a.c.order_count + sa.bindparam("s_orders"),
+                total_spend_minor=a.c.total_spend_minor + sa.bindparam("s_spend"),
+            ),
+            [
+                {
+                    "s_program": program_id,
+                    "s_member": member_id,
+                    "s_first": f,
+                    "s_last": la,
+                    "s_orders": orders,
+                    "s_spend": spend,
+                }
+                for member_id, (f, la, orders, spend) in stats.items()
+            ],
+        )
