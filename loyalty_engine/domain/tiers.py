@@ -136,8 +136,10 @@ class TierPolicy:
             elif tier.tier_id in seen:
                 errors.add(f"{path}.tier_id", f"duplicate tier id {tier.tier_id!r}")
             seen.add(tier.tier_id)
-            if not tier.name:
-                errors.add(f"{path}.name", "must not be empty")
+            if not tier.name or len(tier.name) > 200 or not tier.name.isprintable():
+                errors.add(f"{path}.name", "must be 1-200 printable characters")
+            if len(tier.perks) > 2000:
+                errors.add(f"{path}.perks", "must be at most 2000 characters")
             if i == 0 and tier.threshold < 0:
                 errors.add(f"{path}.threshold", "must not be negative")
             if i > 0 and tier.threshold <= self.tiers[i - 1].threshold:

@@ -218,10 +218,10 @@ def validate_purchase(
             errors.add(f"{path}.quantity", f"must be between 1 and {MAX_QUANTITY}")
         if not 0 <= line.unit_price_minor <= MAX_AMOUNT_MINOR:
             errors.add(f"{path}.unit_price_minor", f"must be between 0 and {MAX_AMOUNT_MINOR}")
-        if not line.category or len(line.category) > MAX_TEXT:
-            errors.add(f"{path}.category", f"is required: 1-{MAX_TEXT} characters")
-        if len(line.sku) > MAX_TEXT:
-            errors.add(f"{path}.sku", f"must be at most {MAX_TEXT} characters")
+        if not line.category or len(line.category) > MAX_TEXT or not line.category.isprintable():
+            errors.add(f"{path}.category", f"is required: 1-{MAX_TEXT} printable characters")
+        if len(line.sku) > MAX_TEXT or not line.sku.isprintable():
+            errors.add(f"{path}.sku", f"must be at most {MAX_TEXT} printable characters")
     errors.raise_if_any()
     validate_currency(cmd.currency_code, "purchase.total.currency_code")
     if cmd.currency_code != program.currency_code:
@@ -474,10 +474,10 @@ async def adjust_points(uow: UnitOfWork, cmd: AdjustPoints, now: datetime) -> Ba
     errors = ViolationCollector()
     if cmd.reason not in ADJUSTMENT_REASONS:
         errors.add("reason", f"must be one of {', '.join(ADJUSTMENT_REASONS)}")
-    if not cmd.actor.strip() or len(cmd.actor) > MAX_TEXT:
-        errors.add("actor", f"is required: 1-{MAX_TEXT} characters")
-    if len(cmd.note) > 150:
-        errors.add("note", "must be at most 150 characters")
+    if not cmd.actor.strip() or len(cmd.actor) > MAX_TEXT or not cmd.actor.isprintable():
+        errors.add("actor", f"is required: 1-{MAX_TEXT} printable characters")
+    if len(cmd.note) > 150 or not cmd.note.isprintable():
+        errors.add("note", "must be at most 150 printable characters")
     if cmd.points == 0:
         errors.add("points", "must not be 0")
     errors.raise_if_any()
