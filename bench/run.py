@@ -561,6 +561,11 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
 
 
 def main(argv: list[str]) -> int:
+    if "--segments" in argv:
+        # The segmentation benchmark (bench/segments.py) takes the other arguments.
+        import segments
+
+        return segments.main([a for a in argv if a != "--segments"])
     sys.stdout.reconfigure(line_buffering=True)  # type: ignore[union-attr]
     args = parse_args(argv)
     pg_version = postgres_version() if args.backend != "sqlite" else None
