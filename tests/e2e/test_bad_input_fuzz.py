@@ -37,7 +37,8 @@ from typing import Any, TypeVar
 
 import grpc
 import pytest
-from google.protobuf import field_mask_pb2, timestamp_pb2
+from google.protobuf import field_mask_pb2, message_factory, timestamp_pb2
+from google.protobuf.descriptor import Descriptor, FieldDescriptor, MethodDescriptor
 from google.protobuf.message import Message
 from google.rpc import error_details_pb2, status_pb2
 from hypothesis import HealthCheck, currently_in_test_context, event, given, settings
@@ -46,7 +47,12 @@ from hypothesis import strategies as st
 from loyalty_engine.bootstrap import build_app
 from loyalty_engine.config import load_settings
 from loyalty_engine.domain.keys import OPERATOR_PROGRAM, Scope
-from loyalty_engine.gen.loyalty.v1 import common_pb2
+from loyalty_engine.gen.loyalty.v1 import (
+    common_pb2,
+    offer_service_pb2,
+    reward_service_pb2,
+    segment_service_pb2,
+)
 from loyalty_engine.gen.loyalty.v1 import member_service_pb2 as mp
 from loyalty_engine.gen.loyalty.v1 import member_service_pb2_grpc as mp_grpc
 from loyalty_engine.gen.loyalty.v1 import points_service_pb2 as ps
@@ -1035,3 +1041,117 @@ def test_tier_name_longer_than_200_characters_is_invalid_argument(world: World) 
         tier=pp.Tier(display_name="S" * 201, threshold=200_000),
     )
     assert call(world.api.programs.CreateTier, request) is grpc.StatusCode.INVALID_ARGUMENT
+
+
+# --- every RPC of the contract, from its descriptor -------------------------------------------
+
+
+_ALL_METHODS: list[MethodDescriptor] = [
+    method
+    for module in (pp, mp, ps, reward_service_pb2, offer_service_pb2, segment_service_pb2)
+    for service in module.DESCRIPTOR.services_by_name.values()
+    for method in service.methods
+]
+
+
+def _strings(w: World) -> st.SearchStrategy[str]:
+    names = [
+        w.program, w.member, f"{w.program}/tiers/gold", f"{w.program}/earningRules/books",
+        f"{w.program}/rewards/r-1", f"{w.program}/segments/champions", f"{w.program}/offers/o-1",
+        f"{w.member}/redemptions/x1", f"{w.program}/apiKeys/k1", w.order_id, "LOYALTY15",
+    ]  # fmt: skip
+    return st.one_of(
+        st.sampled_from(names),
+        st.text(max_size=40),
+        st.text(min_size=250, max_size=1200),
+        st.sampled_from(["", "\x00", "programs/", "programs//members/", "💥" * 70]),
+    )
+
+
+def _field(field: FieldDescriptor, w: World, depth: int) -> st.SearchStrategy[Any]:
+    t = FieldDescriptor
+    if field.type == t.TYPE_STRING:
+        one: st.SearchStrategy[Any] = _strings(w)
+    elif field.type == t.TYPE_BOOL:
+        one = st.booleans()
+    elif field.type == t.TYPE_ENUM:
+        one = st.integers(-2, 12)
+    elif field.type in (t.TYPE_INT32, t.TYPE_SINT32, t.TYPE_SFIXED32):
+        one = st.one_of(st.integers(-5, 10_000), st.integers(-(2**31), 2**31 - 1))
+    elif field.type in (t.TYPE_INT64, t.TYPE_SINT64, t.TYPE_SFIXED64):
+        one = st.one_of(st.integers(-5, 100_000), st.integers(-(2**63), 2**63 - 1))
+    elif field.type == t.TYPE_MESSAGE:
+        one = _message(field.message_type, w, depth + 1)
+    else:  # no other scalar types in the contract
+        one = st.nothing()
+    return st.lists(one, max_size=3) if field.is_repeated else one
+
+
+def _message(descriptor: Descriptor, w: World, depth: int = 0) -> st.SearchStrategy[Message]:
+    cls = message_factory.GetMessageClass(descriptor)
+    if descriptor.full_name == "google.protobuf.Timestamp":
+        return st.builds(
+            cls,
+            seconds=st.one_of(st.integers(0, 4_102_444_800), st.integers(-(2**63), 2**63 - 1)),
+            nanos=st.integers(-(2**31), 2**31 - 1),
+        )
+    if descriptor.full_name == "google.protobuf.FieldMask":
+        return st.builds(cls, paths=st.lists(st.text(max_size=30), max_size=3))
+    if depth > 2:
+        return st.just(cls())
+    fields = {f.name: _field(f, w, depth) for f in descriptor.fields}
+
+    def build(values: dict[str, Any]) -> Message:
+        message = cls()
+        for name, value in values.items():
+            target = getattr(message, name) if hasattr(message, name) else None
+            field = descriptor.fields_by_name[name]
+            if field.is_repeated:
+                target.extend(value)
+            elif field.type == FieldDescriptor.TYPE_MESSAGE:
+                target.CopyFrom(value)
+            else:
+                setattr(message, name, value)
+        return message
+
+    return st.fixed_dictionaries({}, optional=fields).map(build)
+
+
+@pytest.mark.parametrize(
+    "method", _ALL_METHODS, ids=lambda m: f"{m.containing_service.name}.{m.name}"
+)
+@settings(
+    max_examples=max(3, EXAMPLES // 4),
+    deadline=None,
+    suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
+)
+@given(data=st.data())
+def test_every_rpc_answers_bad_input_without_a_server_error(
+    server: Server, world: World, method: MethodDescriptor, data: st.DataObject
+) -> None:
+    request = data.draw(_message(method.input_type, world))
+    channel = grpc.insecure_channel(f"127.0.0.1:{server.running.port}")
+    path = f"/{method.containing_service.full_name}/{method.name}"
+    response_cls = message_factory.GetMessageClass(method.output_type)
+    kwargs: dict[str, Any] = {
+        "request_serializer": lambda m: m.SerializeToString(),
+        "response_deserializer": response_cls.FromString,
+    }
+    metadata = (("authorization", f"Bearer {server.new_key(world.program_id, Scope.ADMIN)}"),)
+    try:
+        if method.client_streaming:
+            channel.stream_unary(path, **kwargs)(
+                iter([request, request]), metadata=metadata, timeout=CALL_TIMEOUT
+            )
+        elif method.server_streaming:
+            for _ in channel.unary_stream(path, **kwargs)(
+                request, metadata=metadata, timeout=CALL_TIMEOUT
+            ):
+                pass
+        else:
+            channel.unary_unary(path, **kwargs)(request, metadata=metadata, timeout=CALL_TIMEOUT)
+    except grpc.RpcError as error:
+        code = error.code()  # type: ignore[attr-defined]
+        assert code not in SERVER_ERRORS, f"{path}: {code.name}: {error.details()}\n{request!r}"  # type: ignore[attr-defined]
+    finally:
+        channel.close()
