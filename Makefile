@@ -22,7 +22,7 @@ GEN_DEPS ?= $(STAMP)
 BUF_AGAINST ?= .git\#branch=main,subdir=$(PROTO_DIR)
 
 .PHONY: help venv install gen gen-check buf-lint buf-breaking lint pytest test \
-        postgres serve bench clean
+        postgres serve bench bench-segments clean
 
 help: ## Show this help
 	@grep -hE '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | sort \
@@ -107,6 +107,9 @@ serve: install ## Run the server on 127.0.0.1:50051 with SQLite ./loyalty.db and
 
 bench: install ## Run the benchmarks
 	$(PY) bench/run.py
+
+bench-segments: install ## Run the segmentation benchmark (PostgreSQL)
+	$(PY) bench/segments.py
 
 clean: ## Remove the venv, caches, node_modules and local databases
 	rm -rf $(VENV) node_modules build dist *.egg-info .pytest_cache .mypy_cache .ruff_cache .hypothesis

@@ -509,15 +509,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except ConfigError as exc:
         print(f"loyalty-engine: {exc}", file=sys.stderr)
         return 2
-    logging.basicConfig(
-        level=settings.log_level,
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-        stream=sys.stderr,
-    )
-    # Alembic narrates every plugin it loads at INFO; only its warnings matter to an operator.
-    logging.getLogger("alembic").setLevel(
-        max(logging.WARNING, logging.getLevelName(settings.log_level))
-    )
+    configure_logging(settings.log_level, settings.log_format == "json")
     try:
         if args.command == "serve":
             _serve(args, settings)
