@@ -189,6 +189,8 @@ class _CelCondition:
     def __init__(self, program: Any, rule_id: str) -> None:
         self.program = program
         self.rule_id = rule_id
+        # The context's top-level names the condition reads, so callers load only those.
+        self.variables = frozenset(str(v).split(".", 1)[0] for v in program.variables())
 
     def __call__(self, context: Mapping[str, Any]) -> bool:
         try:

@@ -41,7 +41,7 @@ from loyalty_engine.services.members import get_member, member_not_found
 from loyalty_engine.services.points import lock_member, settle
 from loyalty_engine.services.programs import load_program
 from loyalty_engine.services.segments import refresh_segments
-from loyalty_engine.storage.repositories import MemberFilter
+from loyalty_engine.storage.repositories import LockedAccount, MemberFilter
 from loyalty_engine.storage.unit_of_work import UnitOfWork
 
 CODE_ATTEMPTS = 8
@@ -99,22 +99,50 @@ def tenure_years(member: Member, now: datetime) -> int:
     return max(0, years)
 
 
+def _needed(rules: Sequence[Rule]) -> frozenset[str] | None:
+    """The context names the rules' conditions read; None when a condition does not say."""
+    names: set[str] = set()
+    for rule in rules:
+        variables = getattr(rule.condition, "variables", None)
+        if variables is None:
+            return None
+        names.update(variables)
+    return frozenset(names)
+
+
 async def member_facts(
-    uow: UnitOfWork, program: Program, member: Member, now: datetime, ranking: Ranking | None
+    uow: UnitOfWork,
+    program: Program,
+    member: Member,
+    now: datetime,
+    ranking: Ranking | None,
+    needed: frozenset[str] | None = None,
+    locked: LockedAccount | None = None,
 ) -> MemberFacts:
-    """What the rules may look at for one member (statistics live, scores as last refreshed)."""
+    """What the rules may look at for one member (statistics live, scores as last refreshed).
+
+    With `needed`, the RFM scores and the spend rank are read only if a condition uses them:
+    on the purchase path they are the costly part, and most purchase rules do not.
+    """
     program_id, member_id = program.program_id, member.member_id
-    locked = await uow.accounts.lock(program_id, member_id, for_update=False)
+    if locked is None:
+        locked = await uow.accounts.lock(program_id, member_id, for_update=False)
     if locked is None:
         raise member_not_found(program_id, member_id)
     spend_12m, orders_12m = await uow.segments.window_stats(
         program_id, member_id, add_months(now, -12)
     )
-    scores = await uow.segments.scores(program_id, member_id)
-    if ranking is None:
+    scores = (
+        await uow.segments.scores(program_id, member_id)
+        if needed is None or "rfm" in needed
+        else None
+    )
+    if ranking is not None:
+        rank, members = ranking.ranks.get(member_id, 0), ranking.members
+    elif needed is None or "top_customer" in needed:
         rank, members = await uow.offers.spend_rank(program_id, member_id)
     else:
-        rank, members = ranking.ranks.get(member_id, 0), ranking.members
+        rank, members = 0, 0
     return MemberFacts(
         member_id=member_id,
         first_name=member.given_name or "",
@@ -211,10 +239,11 @@ async def apply_rules(
     """Decide and (unless a dry run) carry out the rules for one member."""
     if member.state is not MemberState.ACTIVE or not rules:
         return [], []
+    locked = None
     if not dry_run:
         # Serializes rule runs for one member (purchase, daily pass, RunRules).
-        await uow.accounts.lock(program.program_id, member.member_id)
-    facts = await member_facts(uow, program, member, now, ranking)
+        locked = await uow.accounts.lock(program.program_id, member.member_id)
+    facts = await member_facts(uow, program, member, now, ranking, _needed(rules), locked)
     outcomes: list[RuleOutcome] = []
     issued: list[Offer] = []
     for action in decide(tuple(rules), facts, now, trigger):
