@@ -296,6 +296,7 @@ def _serve_workers(settings: Settings, banner: str) -> None:
 
     signal.signal(signal.SIGTERM, forward)
     signal.signal(signal.SIGINT, forward)
+    signal.signal(signal.SIGHUP, forward)  # each worker reloads its own rules
     if settings.metrics_address:
         log.warning("metrics are per process; with --workers the /metrics port is not served")
     for worker in workers:

@@ -20,6 +20,7 @@ from loyalty_engine.gen.loyalty.v1 import points_service_pb2 as ps
 from loyalty_engine.gen.loyalty.v1 import points_service_pb2_grpc
 from loyalty_engine.gen.loyalty.v1 import program_service_pb2 as pp
 
+RULES_DIR = Path(__file__).resolve().parents[2] / "rules"
 V1_SERVICES = {
     "loyalty.v1.ProgramService",
     "loyalty.v1.MemberService",
@@ -238,3 +239,43 @@ def test_serve_refuses_an_unmigrated_database(tmp_path: Path) -> None:
     )
     assert result.returncode == 2
     assert "loyalty-engine migrate" in result.stderr
+
+
+async def test_sighup_reloads_rule_files_and_keeps_them_when_the_new_set_is_bad(
+    tmp_path: Path,
+) -> None:
+    import shutil
+
+    rules = tmp_path / "rules"
+    shutil.copytree(RULES_DIR, rules)
+    port = _free_port()
+    env = {
+        **os.environ,
+        "LOYALTY_DATABASE_URL": f"sqlite+aiosqlite:///{tmp_path / 'loyalty.db'}",
+        "LOYALTY_RULES_DIR": str(rules),
+    }
+    process = await asyncio.create_subprocess_exec(
+        *_cli("serve", "--migrate", "--plaintext", "--listen-address", f"127.0.0.1:{port}"),
+        env=env,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.STDOUT,
+    )
+    seen: list[str] = []
+    try:
+        assert process.stdout is not None
+        await asyncio.wait_for(_read_until(process.stdout, "is serving on", seen), timeout=60)
+        (rules / "40-win-back.yaml").unlink()
+        process.send_signal(signal.SIGHUP)
+        line = await asyncio.wait_for(_read_until(process.stdout, "rules in force", seen), 30)
+        assert "win-back" not in line and "loyalty15" in line
+        (rules / "50-broken.yaml").write_text("id: broken\nwhen: 'tenure_years >'\n")
+        process.send_signal(signal.SIGHUP)
+        line = await asyncio.wait_for(_read_until(process.stdout, "refused", seen), 30)
+        assert "50-broken.yaml" in line and "stay" in line
+        process.send_signal(signal.SIGTERM)
+        await asyncio.wait_for(process.communicate(), timeout=30)
+    finally:
+        if process.returncode is None:
+            process.kill()
+            await process.communicate()
+    assert process.returncode == 0, "".join(seen)
