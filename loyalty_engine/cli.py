@@ -183,6 +183,7 @@ async def _daily_rules(app: App, program_id: str) -> None:
             uow, app.rules.rules, program_id, app.clock(), trigger=Trigger.DAILY
         )
         await uow.commit()
+    app.telemetry.offers_issued.inc(len(report.offers or []))
     log.info(
         "rules %s: %d members, %d actions",
         program_id,

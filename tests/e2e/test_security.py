@@ -445,11 +445,13 @@ def _free_port() -> int:
         return int(sock.getsockname()[1])
 
 
-async def test_metrics_count_rpcs_and_business_events(scenario, app) -> None:
+async def test_metrics_count_rpcs_and_business_events(scenario, app, clock) -> None:
     server = app.telemetry.serve(f"127.0.0.1:{_free_port()}")
     try:
         program = await scenario.program()
-        member = await scenario.member(program)
+        joined = (clock.now - dt.timedelta(days=4 * 366)).isoformat().replace("+00:00", "Z")
+        member = await scenario.member(program, joinTime=joined)
+        # A member of four years who buys gets the LOYALTY15 thank-you offer (rules/).
         await scenario.purchase(member, 12_300)
         port = server.server_port
         text = await asyncio.to_thread(
@@ -465,6 +467,7 @@ async def test_metrics_count_rpcs_and_business_events(scenario, app) -> None:
         'loyalty_rpcs_total{code="OK",method="loyalty.v1.PointsService/RecordPurchase"} 1.0' in text
     )
     assert "loyalty_points_awarded_total 123.0" in text
+    assert "loyalty_offers_issued_total 1.0" in text
     assert "loyalty_rpc_duration_seconds_bucket" in text
     assert "loyalty_db_pool_in_use" in text
 

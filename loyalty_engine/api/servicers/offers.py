@@ -146,6 +146,7 @@ class OfferServicer(pb_grpc.OfferServiceServicer):
                 offer=conv.offer_to_proto(member.program_id, r.offer, now),
             ),
             response_type=pb.RedeemOfferCodeResponse,
+            on_commit=lambda _: self.app.telemetry.offers_redeemed.inc(),
         )
 
     @grpc_method
@@ -211,6 +212,7 @@ class OfferServicer(pb_grpc.OfferServiceServicer):
             work=lambda uow: work(uow),
             encode=encode,
             response_type=pb.RunRulesResponse,
+            on_commit=lambda report: self.app.telemetry.offers_issued.inc(len(report.offers or [])),
         )
 
     @grpc_method

@@ -45,6 +45,10 @@ class PointsServicer(pb_grpc.PointsServiceServicer):
     def __init__(self, app: App) -> None:
         self.app = app
 
+    def _count_purchase(self, points: int, offers: int) -> None:
+        self.app.telemetry.points_awarded.inc(points)
+        self.app.telemetry.offers_issued.inc(offers)
+
     @grpc_method
     async def RecordPurchase(
         self, request: pb.RecordPurchaseRequest, context: Ctx
@@ -76,7 +80,7 @@ class PointsServicer(pb_grpc.PointsServiceServicer):
             ),
             encode=lambda r: conv.purchase_result_to_proto(member.program_id, r),
             response_type=pb.RecordPurchaseResponse,
-            on_commit=lambda r: self.app.telemetry.points_awarded.inc(r.points_awarded),
+            on_commit=lambda r: self._count_purchase(r.points_awarded, len(r.offers_issued)),
         )
 
     @grpc_method
