@@ -211,7 +211,22 @@ def grpc_method(
             boundary.note_request(request)
             await boundary.authorize(request, context)
             reject_nul(request)  # type: ignore[arg-type]
-            return await func(self, request, context)
+            # The client's deadline bounds the work: when it passes, the work is cancelled
+            # and its transaction rolls back, instead of finishing for nobody.
+            deadline = asyncio.timeout(context.time_remaining())
+            try:
+                async with deadline:
+                    return await func(self, request, context)
+            except TimeoutError:
+                if not deadline.expired():
+                    raise  # a timeout of the work's own (the database): handled below
+                boundary.code = "DEADLINE_EXCEEDED"
+                await abort_with(
+                    context,
+                    grpc.StatusCode.DEADLINE_EXCEEDED,
+                    de.DomainError("DEADLINE_EXCEEDED", "the deadline passed; nothing was written"),
+                )
+                raise AssertionError("unreachable: abort raises") from None
         except grpc.aio.AbortError:
             raise
         except asyncio.CancelledError:

@@ -509,3 +509,33 @@ async def _log_personal_data(scenario, operator_key, capsys) -> None:
     assert '"event": "rpc"' in logs and "RecordPurchase" in logs
     for secret in ("Zebulon", "Quimby", "zebulon.quimby", "+4915112345678", "1979", operator_key):
         assert secret not in logs, secret
+
+
+@pytest.mark.parametrize("database_url", ["postgres"], indirect=True)
+async def test_work_stops_and_rolls_back_when_the_deadline_passes(scenario, app) -> None:
+    """The member's row is held by another transaction, so the purchase waits past its deadline."""
+    import sqlalchemy as sa
+
+    program = await scenario.program()
+    member = await scenario.member(program)
+    member_id = member.rsplit("/", 1)[1]
+    request = scenario.purchase_request(member, 5_000)
+    async with app.db.engine.connect() as blocker:
+        await blocker.execute(
+            sa.text(
+                "SELECT 1 FROM member_accounts WHERE program_id = :p AND member_id = :m FOR UPDATE"
+            ),
+            {"p": program, "m": member_id},
+        )
+        with pytest.raises(grpc.aio.AioRpcError) as caught:
+            await scenario.client.points.RecordPurchase(request, timeout=0.5)
+        assert caught.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED
+        await asyncio.sleep(0.3)  # the server has given up on the call by now
+        await blocker.rollback()
+    await asyncio.sleep(0.3)
+    assert await scenario.ledger(member) == []  # nothing was written
+
+    reply = await scenario.client.points.RecordPurchase(request)  # the retry runs afresh
+
+    assert reply.points_awarded == 50
+    assert len(await scenario.ledger(member)) == 1
