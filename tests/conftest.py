@@ -130,6 +130,14 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
 _migrated: set[str] = set()
 
 
+@pytest.fixture(scope="session", autouse=True)
+def quiet_logs() -> None:
+    """The service's own logging, at WARNING: one line per RPC would drown test output."""
+    from loyalty_engine.api.telemetry import configure_logging
+
+    configure_logging("WARNING")
+
+
 class FakeClock:
     """A clock tests move by hand; starts at a fixed, recent instant."""
 

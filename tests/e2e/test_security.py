@@ -473,17 +473,13 @@ async def test_metrics_count_rpcs_and_business_events(scenario, app, clock) -> N
 
 
 async def test_logs_carry_no_personal_data_and_no_keys(scenario, operator_key, capsys) -> None:
-    import structlog
-
     from loyalty_engine.api.telemetry import configure_logging
 
     configure_logging("INFO")
-    # The configuration binds pytest's captured stderr, which closes after this test.
-    request_cleanup = structlog.reset_defaults
     try:
         await _log_personal_data(scenario, operator_key, capsys)
     finally:
-        request_cleanup()
+        configure_logging("WARNING")  # back to the suite's quiet default (tests/conftest.py)
 
 
 async def _log_personal_data(scenario, operator_key, capsys) -> None:
