@@ -30,7 +30,7 @@ async def test_the_periodic_pass_expires_refreshes_and_issues_birthday_offers(
 
     loop = asyncio.create_task(_maintenance_loop(app))
     try:
-        for _ in range(400):
+        for _ in range(1200):
             listed = await offers.ListOffers(op.ListOffersRequest(member=member))
             scored = await segments.ListSegments(
                 sp.ListSegmentsRequest(parent=f"programs/{program}")
@@ -45,13 +45,17 @@ async def test_the_periodic_pass_expires_refreshes_and_issues_birthday_offers(
     assert [o.code[:5] for o in listed.offers] == ["BDAY-"]
     assert sum(s.member_count for s in scored.segments) == 1
     clock.advance(days=200)  # past the 12-month expiry: the pass expires the points
+    # The pass walks every program of the (shared, per-run) database: wait for ours.
     loop = asyncio.create_task(_maintenance_loop(app))
     try:
-        await asyncio.sleep(1.0)
+        for _ in range(600):
+            entries = await scenario.ledger(member)
+            if any(e.kind == 7 for e in entries):
+                break
+            await asyncio.sleep(0.1)
     finally:
         loop.cancel()
         await asyncio.gather(loop, return_exceptions=True)
-    entries = await scenario.ledger(member)
     assert [e.points for e in entries if e.kind == 7] == [-100]  # EXPIRE, written by the pass
     balance = await scenario.assert_balance_matches_ledger(member)
     assert (balance.available_points, balance.expired_points) == (0, 100)
