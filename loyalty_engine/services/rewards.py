@@ -337,7 +337,12 @@ async def cancel_redemption(
                 "the redemption was confirmed and the program allows no rollback",
                 {"state": redemption.state.value},
             )
-        if now > redemption.create_time + window:
+        # The window runs from the confirmation (a checkout hold may have come long before).
+        confirmed = next(
+            (e.time for e in reversed(redemption.events) if e.state is RedemptionState.CONFIRMED),
+            redemption.create_time,
+        )
+        if now > confirmed + window:
             raise FailedPrecondition(
                 "CANCEL_WINDOW_PASSED",
                 "the redemption can no longer be cancelled",

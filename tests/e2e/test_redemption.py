@@ -307,3 +307,19 @@ def _reason(error: grpc.aio.AioRpcError) -> str:
     from conftest import error_info
 
     return error_info(error)[1]
+
+
+async def test_cancel_window_runs_from_the_confirmation_not_the_hold(scenario, clock) -> None:
+    program = await scenario.program(redemptionCancelWindowDays=14)
+    reward = await _reward(scenario, program, 300, stock=5)
+    member = await _member_with_points(scenario, program, 1_000)
+    held = await _reserve(scenario, member, reward, hold_seconds=7 * 24 * 3600)
+    clock.advance(days=6)
+    await _confirm(scenario, held.redemption.name)
+    clock.advance(days=10)  # 16 days after the hold, 10 after the confirmation
+
+    cancelled = await _cancel(scenario, held.redemption.name)
+
+    assert cancelled.redemption.state == rp.REDEMPTION_STATE_CANCELLED
+    balance = await scenario.assert_balance_matches_ledger(member)
+    assert balance.available_points == 1_000
