@@ -118,12 +118,22 @@ async def exactly_once(
 
 
 async def in_transaction(
-    app: App, work: Callable[[UnitOfWork], Awaitable[R]], *, commit: bool = False
+    app: App,
+    work: Callable[[UnitOfWork], Awaitable[R]],
+    *,
+    commit: bool = False,
+    read_only: bool | None = None,
 ) -> R:
-    """Run `work` in one transaction (committed if asked), retrying transient conflicts."""
+    """Run `work` in one transaction (committed if asked), retrying transient conflicts.
+
+    Without `commit` the work is taken to only read, and the transaction says so (no write
+    lock on SQLite); work that writes and then throws its writes away (a dry run) passes
+    `read_only=False`.
+    """
     for attempt in range(MAX_ATTEMPTS):
         try:
-            async with app.db.unit_of_work() as uow:
+            only_reads = (not commit) if read_only is None else read_only
+            async with app.db.unit_of_work(read_only=only_reads) as uow:
                 result = await work(uow)
                 if commit:
                     await uow.commit()

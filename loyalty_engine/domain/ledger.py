@@ -222,6 +222,27 @@ class PointsAccount:
         self._note_activity(earned_time)
         self._prune()
 
+    def has_due(self, now: datetime, expiry: ExpiryPolicy) -> bool:
+        """Whether `settle(now, expiry)` could change anything (False: a read may skip it).
+
+        Errs on the side of True: an inactivity deadline that has passed counts even when
+        nothing is left to expire.
+        """
+        for lot in self.lots:
+            if lot.pending and lot.available_time <= now:
+                return True
+            if (
+                expiry.mode is ExpiryMode.AFTER_EARNING
+                and lot.expires_time is not None
+                and lot.expires_time <= now
+            ):
+                return True
+        return (
+            expiry.mode is ExpiryMode.AFTER_INACTIVITY
+            and self.last_activity_time is not None
+            and add_months(self.last_activity_time, expiry.months) <= now
+        )
+
     def settle(self, now: datetime, expiry: ExpiryPolicy) -> None:
         """Release holds that ended and expire points that are due, in time order, up to ``now``."""
         require_aware(now, "now")

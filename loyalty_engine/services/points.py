@@ -537,6 +537,28 @@ async def balance_view(
     )
 
 
+async def peek_balance(
+    uow: UnitOfWork, program_id: str, member_id: str, now: datetime
+) -> Balance | None:
+    """The balance from a plain read, or None when time has work to do (then: get_balance).
+
+    Most balance reads find nothing due, and this path takes no lock and writes nothing.
+    """
+    program = await load_program(uow, program_id)
+    account = await uow.accounts.lock(program_id, member_id, for_update=False)
+    if account is None:
+        await get_member(uow, program_id, member_id)  # the right NOT_FOUND
+        raise member_not_found(program_id, member_id)
+    review = account.tier.review_time
+    if (
+        account.account.reserved > 0  # a hold may have run out: let the write path record it
+        or account.account.has_due(now, program.expiry)
+        or (review is not None and review <= now and bool(program.tier_policy.tiers))
+    ):
+        return None
+    return await balance_view(uow, program, account, now)
+
+
 async def get_balance(uow: UnitOfWork, program_id: str, member_id: str, now: datetime) -> Balance:
     """The balance as of now: pending points that matured and expiries are applied first."""
     program = await load_program(uow, program_id)

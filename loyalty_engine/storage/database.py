@@ -36,9 +36,17 @@ class Database:
         """Whether this is the embedded SQLite store."""
         return self.backend == "sqlite"
 
-    def unit_of_work(self) -> UnitOfWork:
-        """A new unit of work: one connection, one transaction, rolled back unless committed."""
-        return UnitOfWork(self.engine, dialect=self.backend, program_cache=self.program_cache)
+    def unit_of_work(self, *, read_only: bool = False) -> UnitOfWork:
+        """A new unit of work: one connection, one transaction, rolled back unless committed.
+
+        `read_only` promises the work only reads; on SQLite it then takes no write lock.
+        """
+        return UnitOfWork(
+            self.engine,
+            dialect=self.backend,
+            program_cache=self.program_cache,
+            read_only=read_only,
+        )
 
     async def ping(self) -> None:
         """Fail if the database cannot be reached."""
@@ -71,4 +79,6 @@ def _configure_sqlite(engine: AsyncEngine) -> None:
 
     @event.listens_for(sync_engine, "begin")
     def _on_begin(conn: Any) -> None:
-        conn.exec_driver_sql("BEGIN IMMEDIATE")
+        # Reads take no write lock, so in WAL mode they run beside the one writer.
+        read_only = conn.get_execution_options().get("loyalty_read_only", False)
+        conn.exec_driver_sql("BEGIN" if read_only else "BEGIN IMMEDIATE")

@@ -39,8 +39,14 @@ class UnitOfWork:
     offers: OfferRepository
 
     def __init__(
-        self, engine: AsyncEngine, *, dialect: str, program_cache: ProgramCache | None = None
+        self,
+        engine: AsyncEngine,
+        *,
+        dialect: str,
+        program_cache: ProgramCache | None = None,
+        read_only: bool = False,
     ) -> None:
+        self.read_only = read_only
         self._engine = engine
         self.dialect = dialect
         self.program_cache = program_cache or ProgramCache(ttl=0)
@@ -57,6 +63,8 @@ class UnitOfWork:
     async def __aenter__(self) -> UnitOfWork:
         self._conn = await self._engine.connect()
         try:
+            if self.read_only:
+                await self._conn.execution_options(loyalty_read_only=True)
             await self._conn.begin()
         except BaseException:
             await self._conn.close()
@@ -90,5 +98,7 @@ class UnitOfWork:
 
     async def commit(self) -> None:
         """Make the transaction's writes durable."""
+        if self.read_only:
+            raise RuntimeError("a read-only unit of work cannot commit")
         await self.connection.commit()
         self._committed = True

@@ -69,7 +69,15 @@ class LedgerMachine(RuleBasedStateMachine):
     # -- steps: settle first, as the storage layer does ------------------------------------
 
     def settle(self) -> None:
+        due = self.account.has_due(self.now, self.expiry)
+        written = len(self.account.new_entries)
+        snapshot = [(lot.lot_id, lot.remaining, lot.pending) for lot in self.account.lots]
         self.account.settle(self.now, self.expiry)
+        if not due:  # a balance read skips settling exactly when nothing would change
+            assert len(self.account.new_entries) == written
+            assert [(lot.lot_id, lot.remaining, lot.pending) for lot in self.account.lots] == (
+                snapshot
+            )
 
     @rule(delta=st.timedeltas(min_value=timedelta(0), max_value=timedelta(days=200)))
     def advance_time(self, delta: timedelta) -> None:

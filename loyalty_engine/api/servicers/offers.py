@@ -201,7 +201,7 @@ class OfferServicer(pb_grpc.OfferServiceServicer):
 
         if request.dry_run:
             # Never committed: a dry run changes nothing, not even the request id's record.
-            return encode(await in_transaction(self.app, lambda uow: work(uow)))
+            return encode(await in_transaction(self.app, lambda uow: work(uow), read_only=False))
         return await exactly_once(
             self.app,
             method="RunRules",

@@ -149,11 +149,16 @@ class PointsServicer(pb_grpc.PointsServiceServicer):
         self, request: pb.GetBalanceRequest, context: Ctx
     ) -> pb.GetBalanceResponse:
         member = parse_member(request.member)
+        now = self.app.clock()
         balance = await in_transaction(
-            self.app,
-            lambda uow: svc.get_balance(uow, member.program_id, member.member_id, self.app.clock()),
-            commit=True,
+            self.app, lambda uow: svc.peek_balance(uow, member.program_id, member.member_id, now)
         )
+        if balance is None:  # pending points matured, points expire or a tier review is due
+            balance = await in_transaction(
+                self.app,
+                lambda uow: svc.get_balance(uow, member.program_id, member.member_id, now),
+                commit=True,
+            )
         return pb.GetBalanceResponse(balance=conv.balance_to_proto(balance))
 
     @grpc_method
