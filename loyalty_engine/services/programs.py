@@ -72,10 +72,10 @@ async def update_program(uow: UnitOfWork, updated: Program, now: datetime) -> Pr
     return updated
 
 
-async def _check_tiers(uow: UnitOfWork, program: Program, tiers: list[Tier]) -> None:
-    replace(program.tier_policy, tiers=tuple(sorted(tiers, key=lambda t: t.threshold))).validate(
-        "tier"
-    )
+def _check_tiers(program: Program, tiers: list[Tier]) -> None:
+    """The program's tier policy with these tiers must be valid (ascending thresholds, ...)."""
+    ordered = tuple(sorted(tiers, key=lambda t: t.threshold))
+    replace(program.tier_policy, tiers=ordered).validate("tier")
 
 
 def _tier_not_found(program_id: str, tier_id: str) -> NotFound:
@@ -89,7 +89,7 @@ async def create_tier(uow: UnitOfWork, program_id: str, tier: Tier, now: datetim
     tiers = await uow.programs.tiers(program_id)
     if any(t.tier_id == tier.tier_id for t in tiers):
         raise AlreadyExists("TIER_EXISTS", f"tier {tier.tier_id!r} exists already")
-    await _check_tiers(uow, program, [*tiers, tier])
+    _check_tiers(program, [*tiers, tier])
     uow.program_cache.forget(program_id)
     if not await uow.programs.add_tier(program_id, tier, now):
         raise AlreadyExists("TIER_EXISTS", f"tier {tier.tier_id!r} exists already")
@@ -116,9 +116,7 @@ async def update_tier(uow: UnitOfWork, program_id: str, updated: Tier, now: date
     tiers = await uow.programs.tiers(program_id)
     if not any(t.tier_id == updated.tier_id for t in tiers):
         raise _tier_not_found(program_id, updated.tier_id)
-    await _check_tiers(
-        uow, program, [updated if t.tier_id == updated.tier_id else t for t in tiers]
-    )
+    _check_tiers(program, [updated if t.tier_id == updated.tier_id else t for t in tiers])
     uow.program_cache.forget(program_id)
     await uow.programs.update_tier(program_id, updated, now)
     return updated
