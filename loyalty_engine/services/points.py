@@ -611,14 +611,15 @@ async def settle_member(
 ) -> MaintenanceReport:
     """Run what time does for one member (one short transaction per member in a pass)."""
     locked = await lock_member(uow, program, member_id)
-    tier_before = locked.tier
+    tier_before, reserved_before = locked.tier, locked.account.reserved
     await settle(uow, program, locked, now)
     entries = locked.account.new_entries
-    if not entries and locked.tier == tier_before:
+    if not entries and locked.tier == tier_before and locked.account.reserved == reserved_before:
         return MaintenanceReport()
-    await uow.accounts.save(locked, now)
+    await uow.accounts.save(locked, now)  # also a review that kept the tier: its date moved
+    changed = bool(entries) or locked.tier.tier_id != tier_before.tier_id
     return MaintenanceReport(
-        members_changed=1,
+        members_changed=int(changed),
         points_expired=-sum(e.points for e in entries if e.kind is EntryKind.EXPIRE),
         points_released=sum(e.points for e in entries if e.kind is EntryKind.RELEASE),
         tier_changes=int(locked.tier.tier_id != tier_before.tier_id),
