@@ -337,10 +337,14 @@ async def record_purchase(
     await uow.accounts.add_categories(
         program.program_id, cmd.member_id, {line.category for line in cmd.lines}
     )
+    value_now: int | None = None
     if policy.tiers:
-        value = await _qualifying_value(uow, program, cmd.member_id, max(cmd.purchase_time, now))
+        at = max(cmd.purchase_time, now)
+        value = await _qualifying_value(uow, program, cmd.member_id, at)
         change = policy.after_purchase(locked.tier, value, cmd.purchase_time)
         await _record_tier_change(uow, locked, change, now)
+        if at == now:  # the same window the balance's tier progress reads
+            value_now = value
     await uow.accounts.save(locked, now)
     offers = tuple(await after(uow, cmd.program_id, cmd.member_id, now)) if after else ()
     return PurchaseResult(
@@ -350,7 +354,7 @@ async def record_purchase(
         pending=award.total > 0
         and program.pending_days > 0
         and add_days(cmd.purchase_time, program.pending_days) > now,
-        balance=await balance_view(uow, program, locked, now),
+        balance=await balance_view(uow, program, locked, now, qualifying_value=value_now),
         tier_before=tier_before,
         tier_after=locked.tier.tier_id,
     )
@@ -496,8 +500,18 @@ async def adjust_points(uow: UnitOfWork, cmd: AdjustPoints, now: datetime) -> Ba
 
 
 async def balance_view(
-    uow: UnitOfWork, program: Program, locked: LockedAccount, now: datetime
+    uow: UnitOfWork,
+    program: Program,
+    locked: LockedAccount,
+    now: datetime,
+    *,
+    qualifying_value: int | None = None,
 ) -> Balance:
+    """The member's balance, next expiry and tier progress as of `now`.
+
+    `qualifying_value` is the tier metric over the window ending at `now`, when the caller
+    has just read it (a purchase), so it is not read twice.
+    """
     account = locked.account
     next_points, next_time = 0, None
     if program.expiry.mode is ExpiryMode.AFTER_EARNING:
@@ -518,7 +532,9 @@ async def balance_view(
         next_points = account.available
     progress = None
     if program.tier_policy.tiers:
-        value = await _qualifying_value(uow, program, locked.member_id, now)
+        value = qualifying_value
+        if value is None:
+            value = await _qualifying_value(uow, program, locked.member_id, now)
         progress = program.tier_policy.progress(locked.tier.tier_id, value)
     return Balance(
         program_id=program.program_id,
