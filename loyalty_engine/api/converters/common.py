@@ -6,13 +6,15 @@ import base64
 import binascii
 import json
 from datetime import UTC, date, datetime
-from typing import Any
+from typing import Any, TypeVar
 
 from google.protobuf import field_mask_pb2, timestamp_pb2
 from google.protobuf.message import Message
 
 from loyalty_engine.domain.errors import InvalidArgument
 from loyalty_engine.gen.loyalty.v1 import common_pb2
+
+M = TypeVar("M", bound=Message)
 
 _MIN_SECONDS = int(datetime(1, 1, 1, tzinfo=UTC).timestamp())
 _MAX_SECONDS = int(datetime(9999, 12, 31, 23, 59, 59, tzinfo=UTC).timestamp())
@@ -147,3 +149,18 @@ def reject_nul(message: Message, prefix: str = "") -> None:
                 reject_nul(item, f"{item_path}.")
             elif isinstance(item, str) and "\0" in item:
                 raise InvalidArgument.for_field(item_path, "must not contain NUL characters")
+
+
+def require_field(message: Message, name: str, field: str) -> Any:
+    """The message field `name`, or INVALID_ARGUMENT naming `field` when it is unset."""
+    if not message.HasField(name):
+        raise InvalidArgument.for_field(field, "is required")
+    return getattr(message, name)
+
+
+def merge_masked(mask: field_mask_pb2.FieldMask, source: M, current: M) -> M:
+    """`current` with the fields `mask` names taken from `source` (AIP-134 update)."""
+    merged = type(current)()
+    merged.CopyFrom(current)
+    mask.MergeMessage(source, merged, replace_message_field=True, replace_repeated_field=True)
+    return merged

@@ -11,11 +11,12 @@ from loyalty_engine.api.converters.common import (
     checked_mask,
     decode_page_token,
     encode_page_token,
+    merge_masked,
     optional_datetime,
     position_after,
+    require_field,
 )
 from loyalty_engine.api.errors import grpc_method
-from loyalty_engine.api.servicers.programs import _merge, _require
 from loyalty_engine.api.transactions import exactly_once, in_transaction
 from loyalty_engine.bootstrap import App
 from loyalty_engine.domain.errors import InvalidArgument
@@ -51,7 +52,7 @@ class MemberServicer(pb_grpc.MemberServiceServicer):
     ) -> pb.EnrollMemberResponse:
         program_id = parse_program(request.parent, "parent")
         member = conv.member_from_proto(
-            program_id, request.member_id, _require(request, "member", "member")
+            program_id, request.member_id, require_field(request, "member", "member")
         )
         return await exactly_once(
             self.app,
@@ -77,7 +78,7 @@ class MemberServicer(pb_grpc.MemberServiceServicer):
     async def UpdateMember(
         self, request: pb.UpdateMemberRequest, context: Ctx
     ) -> pb.UpdateMemberResponse:
-        incoming = _require(request, "member", "member")
+        incoming = require_field(request, "member", "member")
         name = parse_member(incoming.name, "member.name")
         mask = checked_mask(request.update_mask, pb.Member, conv.MEMBER_UPDATABLE)
 
@@ -85,7 +86,7 @@ class MemberServicer(pb_grpc.MemberServiceServicer):
             current = conv.member_to_proto(
                 await svc.get_member(uow, name.program_id, name.member_id)
             )
-            merged = _merge(mask, incoming, current)
+            merged = merge_masked(mask, incoming, current)
             updated = conv.member_from_proto(name.program_id, name.member_id, merged)
             return await svc.update_member(uow, updated, self.app.clock())
 

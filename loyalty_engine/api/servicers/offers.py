@@ -9,9 +9,8 @@ from typing import Any, TypeAlias
 import grpc
 
 from loyalty_engine.api.converters import offers as conv
-from loyalty_engine.api.converters.common import decode_page_token, encode_page_token
+from loyalty_engine.api.converters.common import decode_page_token, encode_page_token, require_field
 from loyalty_engine.api.errors import grpc_method
-from loyalty_engine.api.servicers.programs import _require
 from loyalty_engine.api.transactions import exactly_once, in_transaction
 from loyalty_engine.bootstrap import App
 from loyalty_engine.domain.errors import InvalidArgument
@@ -92,7 +91,7 @@ class OfferServicer(pb_grpc.OfferServiceServicer):
         self, request: pb.ValidateOfferCodeRequest, context: Ctx
     ) -> pb.ValidateOfferCodeResponse:
         member = parse_member(request.member)
-        total = _require(request, "order_total", "order_total")
+        total = require_field(request, "order_total", "order_total")
         now = self.app.clock()
         check = await in_transaction(
             self.app,
@@ -120,7 +119,7 @@ class OfferServicer(pb_grpc.OfferServiceServicer):
         self, request: pb.RedeemOfferCodeRequest, context: Ctx
     ) -> pb.RedeemOfferCodeResponse:
         member = parse_member(request.member)
-        total = _require(request, "order_total", "order_total")
+        total = require_field(request, "order_total", "order_total")
         if not 1 <= len(request.order_id) <= 200 or not request.order_id.isprintable():
             raise InvalidArgument.for_field("order_id", "is required: 1-200 printable characters")
         now = self.app.clock()

@@ -15,10 +15,10 @@ from loyalty_engine.api.converters.common import (
     encode_page_token,
     optional_datetime,
     position_before,
+    require_field,
     to_datetime,
 )
 from loyalty_engine.api.errors import grpc_client_stream_method, grpc_method
-from loyalty_engine.api.servicers.programs import _require
 from loyalty_engine.api.transactions import exactly_once, in_transaction
 from loyalty_engine.bootstrap import App
 from loyalty_engine.domain.errors import DomainError, InvalidArgument
@@ -54,8 +54,8 @@ class PointsServicer(pb_grpc.PointsServiceServicer):
         self, request: pb.RecordPurchaseRequest, context: Ctx
     ) -> pb.RecordPurchaseResponse:
         member = parse_member(request.member)
-        p = _require(request, "purchase", "purchase")
-        total = _require(p, "total", "purchase.total")
+        p = require_field(request, "purchase", "purchase")
+        total = require_field(p, "total", "purchase.total")
         if not p.HasField("purchase_time"):
             raise InvalidArgument.for_field("purchase.purchase_time", "is required")
         cmd = svc.RecordPurchase(

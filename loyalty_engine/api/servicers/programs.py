@@ -5,7 +5,6 @@ from __future__ import annotations
 from typing import Any, TypeAlias
 
 import grpc
-from google.protobuf import field_mask_pb2
 
 from loyalty_engine.api.converters import keys as keys_conv
 from loyalty_engine.api.converters import programs as conv
@@ -13,13 +12,14 @@ from loyalty_engine.api.converters.common import (
     checked_mask,
     decode_page_token,
     encode_page_token,
+    merge_masked,
     optional_datetime,
     position_after,
+    require_field,
 )
 from loyalty_engine.api.errors import grpc_method
 from loyalty_engine.api.transactions import exactly_once, in_transaction
 from loyalty_engine.bootstrap import App
-from loyalty_engine.domain.errors import InvalidArgument
 from loyalty_engine.domain.names import check_resource_id, parse_child, parse_program
 from loyalty_engine.gen.loyalty.v1 import program_service_pb2 as pb
 from loyalty_engine.gen.loyalty.v1 import program_service_pb2_grpc as pb_grpc
@@ -28,19 +28,6 @@ from loyalty_engine.services import programs as svc
 from loyalty_engine.services.paging import page_size
 
 Ctx: TypeAlias = grpc.aio.ServicerContext[Any, Any]
-
-
-def _require(message: Any, name: str, field: str) -> Any:
-    if not message.HasField(name):
-        raise InvalidArgument.for_field(field, "is required")
-    return getattr(message, name)
-
-
-def _merge(mask: field_mask_pb2.FieldMask, source: Any, current: Any) -> Any:
-    merged = type(current)()
-    merged.CopyFrom(current)
-    mask.MergeMessage(source, merged, replace_message_field=True, replace_repeated_field=True)
-    return merged
 
 
 class ProgramServicer(pb_grpc.ProgramServiceServicer):
@@ -57,7 +44,7 @@ class ProgramServicer(pb_grpc.ProgramServiceServicer):
     ) -> pb.CreateProgramResponse:
         # Checked before exactly_once, which stores the id with the request id.
         program_id = check_resource_id(request.program_id, "program_id")
-        program = conv.program_from_proto(program_id, _require(request, "program", "program"))
+        program = conv.program_from_proto(program_id, require_field(request, "program", "program"))
         return await exactly_once(
             self.app,
             method="CreateProgram",
@@ -101,13 +88,13 @@ class ProgramServicer(pb_grpc.ProgramServiceServicer):
     async def UpdateProgram(
         self, request: pb.UpdateProgramRequest, context: Ctx
     ) -> pb.UpdateProgramResponse:
-        incoming = _require(request, "program", "program")
+        incoming = require_field(request, "program", "program")
         program_id = parse_program(incoming.name, "program.name")
         mask = checked_mask(request.update_mask, pb.Program, conv.PROGRAM_UPDATABLE)
 
         async def work(uow: Any) -> Any:
             current = conv.program_to_proto(await svc.get_program(uow, program_id))
-            merged = _merge(mask, incoming, current)
+            merged = merge_masked(mask, incoming, current)
             updated = conv.program_from_proto(program_id, merged)
             return await svc.update_program(uow, updated, self.app.clock())
 
@@ -128,7 +115,7 @@ class ProgramServicer(pb_grpc.ProgramServiceServicer):
         self, request: pb.CreateTierRequest, context: Ctx
     ) -> pb.CreateTierResponse:
         program_id = parse_program(request.parent, "parent")
-        tier = conv.tier_from_proto(request.tier_id, _require(request, "tier", "tier"))
+        tier = conv.tier_from_proto(request.tier_id, require_field(request, "tier", "tier"))
         return await exactly_once(
             self.app,
             method="CreateTier",
@@ -151,7 +138,7 @@ class ProgramServicer(pb_grpc.ProgramServiceServicer):
     async def UpdateTier(
         self, request: pb.UpdateTierRequest, context: Ctx
     ) -> pb.UpdateTierResponse:
-        incoming = _require(request, "tier", "tier")
+        incoming = require_field(request, "tier", "tier")
         name = parse_child(incoming.name, "tiers", "tier.name")
         mask = checked_mask(request.update_mask, pb.Tier, conv.TIER_UPDATABLE)
 
@@ -159,7 +146,7 @@ class ProgramServicer(pb_grpc.ProgramServiceServicer):
             current = conv.tier_to_proto(
                 name.program_id, await svc.get_tier(uow, name.program_id, name.resource_id)
             )
-            merged = _merge(mask, incoming, current)
+            merged = merge_masked(mask, incoming, current)
             return await svc.update_tier(
                 uow,
                 name.program_id,
@@ -202,7 +189,7 @@ class ProgramServicer(pb_grpc.ProgramServiceServicer):
     ) -> pb.CreateEarningRuleResponse:
         program_id = parse_program(request.parent, "parent")
         rule = conv.rule_from_proto(
-            request.earning_rule_id, _require(request, "earning_rule", "earning_rule")
+            request.earning_rule_id, require_field(request, "earning_rule", "earning_rule")
         )
         return await exactly_once(
             self.app,
@@ -242,7 +229,7 @@ class ProgramServicer(pb_grpc.ProgramServiceServicer):
     async def UpdateEarningRule(
         self, request: pb.UpdateEarningRuleRequest, context: Ctx
     ) -> pb.UpdateEarningRuleResponse:
-        incoming = _require(request, "earning_rule", "earning_rule")
+        incoming = require_field(request, "earning_rule", "earning_rule")
         name = parse_child(incoming.name, "earningRules", "earning_rule.name")
         mask = checked_mask(request.update_mask, pb.EarningRule, conv.RULE_UPDATABLE)
 
@@ -250,7 +237,7 @@ class ProgramServicer(pb_grpc.ProgramServiceServicer):
             current = conv.rule_to_proto(
                 name.program_id, await svc.get_earning_rule(uow, name.program_id, name.resource_id)
             )
-            merged = _merge(mask, incoming, current)
+            merged = merge_masked(mask, incoming, current)
             return await svc.update_earning_rule(
                 uow,
                 name.program_id,
@@ -294,7 +281,7 @@ class ProgramServicer(pb_grpc.ProgramServiceServicer):
         self, request: pb.CreateApiKeyRequest, context: Ctx
     ) -> pb.CreateApiKeyResponse:
         program_id = parse_program(request.parent, "parent")
-        incoming = _require(request, "api_key", "api_key")
+        incoming = require_field(request, "api_key", "api_key")
         scopes = keys_conv.scopes_from_proto(incoming.scopes)
         expire = optional_datetime(incoming, "expire_time", "api_key.expire_time")
         return await exactly_once(

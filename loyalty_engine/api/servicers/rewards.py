@@ -11,11 +11,12 @@ from loyalty_engine.api.converters.common import (
     checked_mask,
     decode_page_token,
     encode_page_token,
+    merge_masked,
     position_after,
+    require_field,
 )
 from loyalty_engine.api.converters.points import balance_to_proto
 from loyalty_engine.api.errors import grpc_method
-from loyalty_engine.api.servicers.programs import _merge, _require
 from loyalty_engine.api.transactions import exactly_once, in_transaction
 from loyalty_engine.bootstrap import App
 from loyalty_engine.domain.errors import InvalidArgument
@@ -53,7 +54,7 @@ class RewardServicer(pb_grpc.RewardServiceServicer):
     ) -> pb.CreateRewardResponse:
         program_id = parse_program(request.parent, "parent")
         reward = conv.reward_from_proto(
-            program_id, request.reward_id, _require(request, "reward", "reward")
+            program_id, request.reward_id, require_field(request, "reward", "reward")
         )
         return await exactly_once(
             self.app,
@@ -110,7 +111,7 @@ class RewardServicer(pb_grpc.RewardServiceServicer):
     async def UpdateReward(
         self, request: pb.UpdateRewardRequest, context: Ctx
     ) -> pb.UpdateRewardResponse:
-        incoming = _require(request, "reward", "reward")
+        incoming = require_field(request, "reward", "reward")
         name = parse_child(incoming.name, "rewards", "reward.name")
         mask = checked_mask(request.update_mask, pb.Reward, conv.REWARD_UPDATABLE)
 
@@ -118,7 +119,7 @@ class RewardServicer(pb_grpc.RewardServiceServicer):
             current = conv.reward_to_proto(
                 name.program_id, await svc.get_reward(uow, name.program_id, name.resource_id)
             )
-            merged = _merge(mask, incoming, current)
+            merged = merge_masked(mask, incoming, current)
             updated = conv.reward_from_proto(name.program_id, name.resource_id, merged)
             return await svc.update_reward(uow, name.program_id, updated, self.app.clock())
 
@@ -321,7 +322,7 @@ class RewardServicer(pb_grpc.RewardServiceServicer):
         from loyalty_engine.gen.loyalty.v1 import common_pb2
 
         member = parse_member(request.member)
-        total = _require(request, "order_total", "order_total")
+        total = require_field(request, "order_total", "order_total")
         return await exactly_once(
             self.app,
             method="RedeemPoints",
