@@ -9,6 +9,7 @@ its traceback and answered INTERNAL without internals in the message.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import functools
 import logging
 import time
@@ -46,7 +47,6 @@ _CODES: list[tuple[type[de.DomainError], grpc.StatusCode]] = [
     (de.Unauthenticated, grpc.StatusCode.UNAUTHENTICATED),
     (de.ResourceExhausted, grpc.StatusCode.RESOURCE_EXHAUSTED),
     (de.Unavailable, grpc.StatusCode.UNAVAILABLE),
-    (de.Unimplemented, grpc.StatusCode.UNIMPLEMENTED),
 ]
 
 
@@ -181,6 +181,22 @@ class RpcBoundary:
         self.code, self.reason = code.name, error.reason
         await abort_with(context, code, error)
 
+    @contextlib.asynccontextmanager
+    async def guard(self, context: grpc.aio.ServicerContext[Any, Any]) -> AsyncIterator[None]:
+        """Every error leaves through `fail` (an abort); the call is counted and logged once."""
+        try:
+            yield
+        except grpc.aio.AbortError:
+            raise
+        except asyncio.CancelledError:
+            self.code = "CANCELLED"
+            raise
+        except Exception as exc:
+            await self.fail(context, exc)
+            raise AssertionError("unreachable: abort raises") from exc
+        finally:
+            self.finish()
+
     def finish(self) -> None:
         """Count and log the call."""
         self.app.telemetry.observe(
@@ -207,7 +223,7 @@ def grpc_method(
         self: Any, request: Req, context: grpc.aio.ServicerContext[Req, Resp]
     ) -> Resp:
         boundary = RpcBoundary(self.app, f"{self.SERVICE}/{func.__name__}")
-        try:
+        async with boundary.guard(context):
             boundary.note_request(request)
             await boundary.authorize(request, context)
             reject_nul(request)  # type: ignore[arg-type]
@@ -219,24 +235,14 @@ def grpc_method(
                     return await func(self, request, context)
             except TimeoutError:
                 if not deadline.expired():
-                    raise  # a timeout of the work's own (the database): handled below
+                    raise  # a timeout of the work's own (the database): handled by the guard
                 boundary.code = "DEADLINE_EXCEEDED"
                 await abort_with(
                     context,
                     grpc.StatusCode.DEADLINE_EXCEEDED,
                     de.DomainError("DEADLINE_EXCEEDED", "the deadline passed; nothing was written"),
                 )
-                raise AssertionError("unreachable: abort raises") from None
-        except grpc.aio.AbortError:
-            raise
-        except asyncio.CancelledError:
-            boundary.code = "CANCELLED"
-            raise
-        except Exception as exc:
-            await boundary.fail(context, exc)
-            raise AssertionError("unreachable: abort raises") from exc
-        finally:
-            boundary.finish()
+        raise AssertionError("unreachable: the call returned or aborted")
 
     return wrapper
 
@@ -251,21 +257,12 @@ def grpc_stream_method(
         self: Any, request: Req, context: grpc.aio.ServicerContext[Req, Resp]
     ) -> AsyncIterator[Resp]:
         boundary = RpcBoundary(self.app, f"{self.SERVICE}/{func.__name__}")
-        try:
+        async with boundary.guard(context):
             boundary.note_request(request)
             await boundary.authorize(request, context)
             reject_nul(request)  # type: ignore[arg-type]
             async for item in func(self, request, context):
                 yield item
-        except grpc.aio.AbortError:
-            raise
-        except asyncio.CancelledError:
-            boundary.code = "CANCELLED"
-            raise
-        except Exception as exc:
-            await boundary.fail(context, exc)
-        finally:
-            boundary.finish()
 
     return wrapper
 
@@ -280,18 +277,9 @@ def grpc_client_stream_method(
         self: Any, requests: Any, context: grpc.aio.ServicerContext[Any, Any]
     ) -> Resp:
         boundary = RpcBoundary(self.app, f"{self.SERVICE}/{func.__name__}")
-        try:
+        async with boundary.guard(context):
             await boundary.authorize(None, context)
             return await func(self, requests, context)
-        except grpc.aio.AbortError:
-            raise
-        except asyncio.CancelledError:
-            boundary.code = "CANCELLED"
-            raise
-        except Exception as exc:
-            await boundary.fail(context, exc)
-            raise AssertionError("unreachable: abort raises") from exc
-        finally:
-            boundary.finish()
+        raise AssertionError("unreachable: the call returned or aborted")
 
     return wrapper

@@ -18,7 +18,6 @@ from loyalty_engine.api.servicers.points import PointsServicer
 from loyalty_engine.api.servicers.programs import ProgramServicer
 from loyalty_engine.api.servicers.rewards import RewardServicer
 from loyalty_engine.api.servicers.segments import SegmentServicer
-from loyalty_engine.api.servicers.unimplemented import PENDING_SERVICES, pending_handlers
 from loyalty_engine.bootstrap import App
 from loyalty_engine.config import Settings
 from loyalty_engine.gen.loyalty.v1 import (
@@ -45,7 +44,6 @@ SERVICE_NAMES = (
     reward_service_pb2.DESCRIPTOR.services_by_name["RewardService"].full_name,
     segment_service_pb2.DESCRIPTOR.services_by_name["SegmentService"].full_name,
     offer_service_pb2.DESCRIPTOR.services_by_name["OfferService"].full_name,
-    *PENDING_SERVICES,
 )
 
 
@@ -97,7 +95,6 @@ async def start_server(
     reward_service_pb2_grpc.add_RewardServiceServicer_to_server(RewardServicer(app), server)
     segment_service_pb2_grpc.add_SegmentServiceServicer_to_server(SegmentServicer(app), server)
     offer_service_pb2_grpc.add_OfferServiceServicer_to_server(OfferServicer(app), server)
-    server.add_generic_rpc_handlers(tuple(pending_handlers(app)))
 
     health_servicer = health.aio.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)

@@ -110,12 +110,3 @@ class ViolationCollector:
             metadata={"field": first.field},
             violations=list(self.violations),
         )
-
-
-class Unimplemented(DomainError):
-    """The RPC is part of the contract but not built yet."""
-
-    @classmethod
-    def for_issue(cls, feature: str, issue: int) -> Unimplemented:
-        """The error for a feature that lands with a later issue."""
-        return cls("NOT_IMPLEMENTED", f"{feature} are not implemented yet (issue #{issue})")
