@@ -91,7 +91,7 @@ def _parser() -> argparse.ArgumentParser:
     imports.add_argument("file", help="CSV file (see loyalty_engine/csv_io.py for the columns)")
     imports.add_argument("--program", required=True, help="program id")
     imports.add_argument("--award-points", action="store_true", help="award points retroactively")
-    imports.add_argument("--batch", type=int, default=2000, help="rows per transaction")
+    imports.add_argument("--batch", type=int, default=20000, help="rows per transaction")
 
     segments = sub.add_parser("segments", help="RFM segments")
     segments_sub = segments.add_subparsers(dest="segments_command", required=True)
@@ -376,7 +376,12 @@ async def _import(settings: Settings, args: argparse.Namespace, handle: TextIO) 
     import time
 
     from loyalty_engine.csv_io import read_purchases
-    from loyalty_engine.services.imports import ImportReport, ImportRow, import_batch
+    from loyalty_engine.services.imports import (
+        ImportReport,
+        ImportRow,
+        import_batch,
+        refresh_statistics_before,
+    )
     from loyalty_engine.services.programs import load_program
 
     app = build_app(settings)
@@ -395,27 +400,50 @@ async def _import(settings: Settings, args: argparse.Namespace, handle: TextIO) 
             flush=True,
         )
 
+    batches = 0
+
     async def flush(batch: list[ImportRow]) -> None:
+        nonlocal batches
+        batches += 1
         async with app.db.unit_of_work() as uow:
             program = await load_program(uow, args.program)
-            report.merge(await import_batch(uow, program, batch, app.clock()))
+            analyze = refresh_statistics_before(batches)
+            report.merge(await import_batch(uow, program, batch, app.clock(), analyze=analyze))
             await uow.commit()
+
+    items = read_purchases(handle, args.award_points)
+    size = max(1, args.batch)
+
+    def next_batch() -> tuple[list[ImportRow], list[tuple[int, str, str]]]:
+        """Up to `size` good rows, and the bad rows read on the way."""
+        nonlocal rows
+        batch: list[ImportRow] = []
+        bad: list[tuple[int, str, str]] = []
+        for item in items:
+            rows += 1
+            if not isinstance(item, ImportRow):  # (line, reason, message)
+                bad.append(item)
+                continue
+            batch.append(item)
+            if len(batch) >= size:
+                break
+        return batch, bad
 
     try:
         await _ensure_schema(app, migrate=False)
-        batch: list[ImportRow] = []
-        for item in read_purchases(handle, args.program, args.award_points):
-            rows += 1
-            if isinstance(item, tuple):
-                report.add_error(*item)
-                continue
-            batch.append(item)
-            if len(batch) >= max(1, args.batch):
+        # The file is read in a thread while the database stores the batch before: the
+        # reading is Python's work, the storing mostly the database's.
+        loop = asyncio.get_running_loop()
+        batch, bad = await loop.run_in_executor(None, next_batch)
+        while batch or bad:
+            for error in bad:
+                report.add_error(*error)
+            reading = loop.run_in_executor(None, next_batch)
+            try:
                 await flush(batch)
-                batch = []
-                progress()
-        if batch:
-            await flush(batch)
+            finally:
+                batch, bad = await reading
+            progress()
         progress(final=True)
         for row, reason, message in report.errors:
             print(f"line {row}: {reason}: {message}", file=sys.stderr)

@@ -17,7 +17,6 @@ from typing import TextIO
 from loyalty_engine.domain.earning import LineItem
 from loyalty_engine.domain.errors import InvalidArgument
 from loyalty_engine.services.imports import ImportRow
-from loyalty_engine.services.points import RecordPurchase
 
 REQUIRED = ("member_external_id", "order_id", "purchase_time", "total_minor", "currency_code")
 
@@ -47,30 +46,36 @@ def _lines(text: str) -> tuple[LineItem, ...]:
 
 
 def read_purchases(
-    handle: TextIO, program_id: str, award_points: bool
+    handle: TextIO, award_points: bool
 ) -> Iterator[ImportRow | tuple[int, str, str]]:
     """Rows of a purchase file, or (line, reason, message) for a row that cannot be read."""
-    reader = csv.DictReader(handle)
-    missing = [c for c in REQUIRED if c not in (reader.fieldnames or ())]
+    reader = csv.reader(handle)
+    header = [name.strip() for name in next(reader, [])]
+    missing = [c for c in REQUIRED if c not in header]
     if missing:
         raise InvalidArgument.for_field("file", f"the header lacks {', '.join(missing)}")
+    ext, order, when, total, currency = (header.index(c) for c in REQUIRED)
+    store = header.index("store_id") if "store_id" in header else None
+    lines = header.index("lines") if "lines" in header else None
+    width = len(header)
     for row in reader:
         line = reader.line_num
+        if len(row) != width:
+            if not any(field.strip() for field in row):
+                continue  # a blank line
+            yield (line, "INVALID_ROW", f"expected {width} fields, found {len(row)}")
+            continue
         try:
             yield ImportRow(
-                row=line,
-                member_external_id=(row["member_external_id"] or "").strip(),
-                award_points=award_points,
-                purchase=RecordPurchase(
-                    program_id=program_id,
-                    member_id="",
-                    order_id=(row["order_id"] or "").strip(),
-                    purchase_time=_time(row["purchase_time"] or ""),
-                    store_id=(row.get("store_id") or "").strip(),
-                    currency_code=(row["currency_code"] or "").strip(),
-                    total_minor=int(row["total_minor"]),
-                    lines=_lines(row.get("lines") or ""),
-                ),
+                line,
+                row[ext].strip(),
+                row[order].strip(),
+                _time(row[when]),
+                int(row[total]),
+                row[currency].strip(),
+                row[store].strip() if store is not None else "",
+                _lines(row[lines]) if lines is not None and row[lines] else (),
+                award_points,
             )
         except (ValueError, KeyError, TypeError) as exc:
             yield (line, "INVALID_ROW", str(exc)[:200])

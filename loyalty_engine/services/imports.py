@@ -12,26 +12,43 @@ from __future__ import annotations
 
 import uuid
 from collections import defaultdict
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
+from typing import NamedTuple
 
-from loyalty_engine.domain.earning import compute_award
+from loyalty_engine.domain.earning import LineItem, compute_award
 from loyalty_engine.domain.errors import DomainError
 from loyalty_engine.domain.members import Member, validate_profile
 from loyalty_engine.domain.program import Program
-from loyalty_engine.services.points import RecordPurchase, lock_member, settle, validate_purchase
+from loyalty_engine.services.points import (
+    UNCATEGORIZED,
+    check_purchase,
+    lock_member,
+    purchase_lines,
+    settle,
+)
 from loyalty_engine.storage.unit_of_work import UnitOfWork
 
 MAX_REPORTED_ERRORS = 1000
+MAX_EXTERNAL_ID = 200
 
 
-@dataclass(frozen=True)
-class ImportRow:
-    """One historical purchase, with its 1-based position in the input."""
+class ImportRow(NamedTuple):
+    """One historical purchase, with its 1-based position in the input.
+
+    A tuple, not a dataclass: a file of ten million rows makes ten million of these.
+    It has the fields `validate_purchase` reads, so it is validated as it is.
+    """
 
     row: int
     member_external_id: str
-    purchase: RecordPurchase
+    order_id: str
+    purchase_time: datetime
+    total_minor: int
+    currency_code: str
+    store_id: str = ""
+    lines: tuple[LineItem, ...] = ()
     award_points: bool = False
 
 
@@ -59,99 +76,119 @@ class ImportReport:
         self.error_count += other.error_count - len(other.errors)
 
 
+def refresh_statistics_before(batch_number: int) -> bool:
+    """Whether the `batch_number`th batch (from 1) of an import should analyze first.
+
+    Before batches 2, 3, 5, 9, 17, ...: each time the import may have doubled the tables.
+    """
+    return batch_number > 1 and (batch_number - 1) & (batch_number - 2) == 0
+
+
 async def import_batch(
-    uow: UnitOfWork, program: Program, rows: list[ImportRow], now: datetime
+    uow: UnitOfWork,
+    program: Program,
+    rows: Sequence[ImportRow],
+    now: datetime,
+    *,
+    analyze: bool = False,
 ) -> ImportReport:
-    """Store a batch of historical purchases; the caller commits."""
+    """Store a batch of historical purchases; the caller commits.
+
+    `analyze` first refreshes the planner's statistics (see `refresh_statistics_before`).
+    """
     report = ImportReport()
-    valid: list[tuple[ImportRow, tuple]] = []
+    if analyze:
+        await uow.imports.analyze()
+    valid: list[ImportRow] = []
     seen_orders: set[str] = set()
     for item in rows:
         try:
-            if not item.member_external_id or len(item.member_external_id) > 200:
+            if not 0 < len(item.member_external_id) <= MAX_EXTERNAL_ID:
                 raise DomainError(
-                    "INVALID_FIELD", "member_external_id: is required (1-200 characters)"
+                    "INVALID_FIELD",
+                    f"member_external_id: is required (1-{MAX_EXTERNAL_ID} characters)",
                 )
-            lines = validate_purchase(item.purchase, program, now, historical=True)
+            check_purchase(item, program, now, historical=True)
         except DomainError as error:
             report.add_error(item.row, error.reason, error.message)
             continue
-        if item.purchase.order_id in seen_orders:
+        if item.order_id in seen_orders:
             report.duplicates += 1
             continue
-        seen_orders.add(item.purchase.order_id)
-        valid.append((item, lines))
+        seen_orders.add(item.order_id)
+        valid.append(item)
     if not valid:
         return report
 
     first_seen: dict[str, datetime] = {}
-    for item, _ in valid:
-        when = item.purchase.purchase_time
-        first_seen[item.member_external_id] = min(
-            first_seen.get(item.member_external_id, when), when
-        )
-    members = await _members_for(
-        uow,
-        program,
-        first_seen,
-        now,
-    )
+    for item in valid:
+        known = first_seen.get(item.member_external_id)
+        if known is None or item.purchase_time < known:
+            first_seen[item.member_external_id] = item.purchase_time
+    members = await _members_for(uow, program, first_seen, now)
     claimed = await uow.imports.claim_orders(
-        program.program_id,
-        [(item.purchase.order_id, members[item.member_external_id]) for item, _ in valid],
+        program.program_id, [(item.order_id, members[item.member_external_id]) for item in valid]
     )
-    purchases, purchase_lines = [], []
+    program_id, currency = program.program_id, program.currency_code
+    purchases: list[tuple] = []
+    purchase_lines_rows: list[tuple] = []
     stats: dict[str, list] = {}
     to_award: dict[str, list[tuple[str, datetime, int]]] = defaultdict(list)
-    categories: dict[str, set[str]] = defaultdict(set)
-    for item, lines in valid:
-        p = item.purchase
-        if p.order_id not in claimed:
+    categories: set[tuple[str, str]] = set()
+    for item in valid:
+        if item.order_id not in claimed:
             report.duplicates += 1
             continue
         member_id = members[item.member_external_id]
-        award = (
-            compute_award(program.earning, lines, p.purchase_time) if item.award_points else None
-        )
-        points = award.total if award else 0
-        breakdown = [
-            {"rule": c.rule_id, "label": c.label, "points": c.points}
-            for c in (award.components if award else ())
-        ]
-        purchases.append({
-            "program_id": program.program_id, "member_id": member_id, "order_id": p.order_id,
-            "purchase_time": p.purchase_time, "store_id": p.store_id,
-            "currency_code": p.currency_code, "total_minor": p.total_minor,
-            "eligible_minor": award.eligible_amount_minor if award else 0,
-            "points_awarded": points,
-            "order_level_points": award.order_level_points if award else 0,
-            "breakdown": breakdown, "returned_minor": 0, "points_reversed": 0, "tier_id": None,
-            "create_time": now,
-        })  # fmt: skip
-        line_points = award.line_points if award else (0,) * len(lines)
-        for index, (line, line_pts) in enumerate(zip(lines, line_points, strict=True)):
-            purchase_lines.append({
-                "program_id": program.program_id, "member_id": member_id, "order_id": p.order_id,
-                "line_index": index, "sku": line.sku, "category": line.category,
-                "quantity": line.quantity, "unit_price_minor": line.unit_price_minor,
-                "points": line_pts, "returned_quantity": 0,
-            })  # fmt: skip
-            if p.lines:
-                categories[member_id].add(line.category)
-        first, last, count, spend = stats.get(member_id, [p.purchase_time, p.purchase_time, 0, 0])
-        stats[member_id] = [
-            min(first, p.purchase_time),
-            max(last, p.purchase_time),
-            count + 1,
-            spend + p.total_minor,
-        ]
-        if points > 0:
-            to_award[member_id].append((p.order_id, p.purchase_time, points))
+        when = item.purchase_time
+        if item.lines or item.award_points:
+            lines = purchase_lines(item)
+            award = compute_award(program.earning, lines, when) if item.award_points else None
+            points = award.total if award else 0
+            line_points = award.line_points if award else (0,) * len(lines)
+            for index, (line, line_pts) in enumerate(zip(lines, line_points, strict=True)):
+                purchase_lines_rows.append((
+                    program_id, member_id, item.order_id, index, line.sku, line.category,
+                    line.quantity, line.unit_price_minor, line_pts, 0,
+                ))  # fmt: skip
+                if item.lines:
+                    categories.add((member_id, line.category))
+            purchases.append((
+                program_id, member_id, item.order_id, when, item.store_id, currency,
+                item.total_minor, award.eligible_amount_minor if award else 0, points,
+                award.order_level_points if award else 0,
+                [
+                    {"rule": c.rule_id, "label": c.label, "points": c.points}
+                    for c in (award.components if award else ())
+                ],
+                0, 0, None, now,
+            ))  # fmt: skip
+            if points > 0:
+                to_award[member_id].append((item.order_id, when, points))
+        else:
+            # A sale without lines and without points: one line of its total, earning 0.
+            purchase_lines_rows.append((
+                program_id, member_id, item.order_id, 0, "", UNCATEGORIZED, 1,
+                item.total_minor, 0, 0,
+            ))  # fmt: skip
+            purchases.append((
+                program_id, member_id, item.order_id, when, item.store_id, currency,
+                item.total_minor, 0, 0, 0, [], 0, 0, None, now,
+            ))  # fmt: skip
+        stat = stats.get(member_id)
+        if stat is None:
+            stats[member_id] = [when, when, 1, item.total_minor]
+        else:
+            if when < stat[0]:
+                stat[0] = when
+            if when > stat[1]:
+                stat[1] = when
+            stat[2] += 1
+            stat[3] += item.total_minor
         report.imported += 1
-    await uow.imports.add_purchases(purchases, purchase_lines)
-    await uow.imports.add_statistics(program.program_id, {m: tuple(v) for m, v in stats.items()})  # type: ignore[misc]
-    for member_id, cats in categories.items():
-        await uow.accounts.add_categories(program.program_id, member_id, cats)
+    await uow.imports.add_purchases(purchases, purchase_lines_rows)
+    await uow.imports.add_statistics(program_id, stats)
+    await uow.imports.add_categories(program_id, categories)
     for member_id, earnings in to_award.items():
         await _award(uow, program, member_id, earnings, now)
     return report
@@ -176,9 +213,8 @@ async def _members_for(
         )
         validate_profile(member, now.date())
         new.append(member)
-        known[external_id] = member.member_id
-    # Three statements for the whole batch, not three per member.
-    await uow.imports.enroll(new)
+    # A few statements for the whole batch, not three per member.
+    known.update(await uow.imports.enroll(new))
     return known
 
 

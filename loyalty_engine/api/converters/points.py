@@ -11,7 +11,7 @@ from loyalty_engine.domain.names import child_name, member_name
 from loyalty_engine.gen.loyalty.v1 import common_pb2
 from loyalty_engine.gen.loyalty.v1 import points_service_pb2 as pb
 from loyalty_engine.services.imports import ImportRow
-from loyalty_engine.services.points import Balance, PurchaseResult, RecordPurchase, ReturnResult
+from loyalty_engine.services.points import Balance, PurchaseResult, ReturnResult
 from loyalty_engine.storage.repositories import StoredEntry, StoredTierChange
 
 ENTRY_KIND = {
@@ -54,17 +54,13 @@ def import_row(row: int, program_id: str, request: pb.ImportPurchasesRequest) ->
     return ImportRow(
         row=row,
         member_external_id=request.member_external_id,
+        order_id=p.order_id,
+        purchase_time=to_datetime(p.purchase_time, "purchase.purchase_time"),
+        total_minor=p.total.amount_minor,
+        currency_code=p.total.currency_code,
+        store_id=p.store_id,
+        lines=line_items(list(p.line_items)),
         award_points=request.award_points,
-        purchase=RecordPurchase(
-            program_id=program_id,
-            member_id="",
-            order_id=p.order_id,
-            purchase_time=to_datetime(p.purchase_time, "purchase.purchase_time"),
-            store_id=p.store_id,
-            currency_code=p.total.currency_code,
-            total_minor=p.total.amount_minor,
-            lines=line_items(list(p.line_items)),
-        ),
     )
 
 

@@ -26,7 +26,12 @@ from loyalty_engine.domain.names import parse_member, parse_program
 from loyalty_engine.gen.loyalty.v1 import points_service_pb2 as pb
 from loyalty_engine.gen.loyalty.v1 import points_service_pb2_grpc as pb_grpc
 from loyalty_engine.services import points as svc
-from loyalty_engine.services.imports import ImportReport, ImportRow, import_batch
+from loyalty_engine.services.imports import (
+    ImportReport,
+    ImportRow,
+    import_batch,
+    refresh_statistics_before,
+)
 from loyalty_engine.services.maintenance import run_maintenance
 from loyalty_engine.services.offers import rules_after_purchase
 from loyalty_engine.services.paging import page_size
@@ -253,7 +258,7 @@ class PointsServicer(pb_grpc.PointsServiceServicer):
         program_id = ""
         report = ImportReport()
         batch: list[ImportRow] = []
-        row = 0
+        row = batches = 0
         async for request in request_iterator:
             row += 1
             check_streamed_request(request)
@@ -270,12 +275,13 @@ class PointsServicer(pb_grpc.PointsServiceServicer):
                 report.add_error(row, error.reason, error.message)
                 continue
             if len(batch) >= IMPORT_BATCH:
-                report.merge(await self._import(program_id, batch))
+                batches += 1
+                report.merge(await self._import(program_id, batch, batches))
                 batch = []
         if row == 0:
             raise InvalidArgument.for_field("program", "the stream had no rows")
         if batch:
-            report.merge(await self._import(program_id, batch))
+            report.merge(await self._import(program_id, batch, batches + 1))
         return pb.ImportPurchasesResponse(
             imported=report.imported,
             duplicates=report.duplicates,
@@ -285,11 +291,12 @@ class PointsServicer(pb_grpc.PointsServiceServicer):
             ],
         )
 
-    async def _import(self, program_id: str, batch: list[ImportRow]) -> ImportReport:
+    async def _import(self, program_id: str, batch: list[ImportRow], number: int) -> ImportReport:
         now = self.app.clock()
 
         async def work(uow: Any) -> ImportReport:
             program = await load_program(uow, program_id)
-            return await import_batch(uow, program, batch, now)
+            analyze = refresh_statistics_before(number)
+            return await import_batch(uow, program, batch, now, analyze=analyze)
 
         return await in_transaction(self.app, work, commit=True)
