@@ -5,10 +5,12 @@ from __future__ import annotations
 from datetime import timedelta
 
 import grpc
+import pytest
 
 from loyalty_engine.gen.loyalty.v1 import points_service_pb2 as ps
 from loyalty_engine.gen.loyalty.v1 import segment_service_pb2 as sp
 from loyalty_engine.gen.loyalty.v1 import segment_service_pb2_grpc
+from tests.conftest import error_info
 
 
 def _stub(scenario):
@@ -164,3 +166,41 @@ async def test_program_metrics(scenario, clock) -> None:
     assert reply.outstanding_points == 170
     assert reply.outstanding_liability.amount_minor == 85
     assert reply.redemption_rate_basis_points == 0
+
+
+async def test_segment_export_in_pages_matches_the_export_by_member(scenario, clock) -> None:
+    program = await scenario.program()
+    # Seven members who bought alike land in one segment (ties share their scores).
+    for _ in range(7):
+        await scenario.purchase(await scenario.member(program), 2_000)
+    await _refresh(scenario, program)
+    listed = await _stub(scenario).ListSegments(
+        sp.ListSegmentsRequest(parent=f"programs/{program}")
+    )
+    (segment,) = [s.name for s in listed.segments if s.member_count == 7]
+
+    def export(page_size: int):
+        return _stub(scenario).ListSegmentMembers(
+            sp.ListSegmentMembersRequest(segment=segment, page_size=page_size)
+        )
+
+    one_by_one = [m async for m in export(0)]
+    pages = [reply async for reply in export(3)]
+
+    assert [len(p.members) for p in pages] == [3, 3, 1]
+    assert all(not p.member and not p.HasField("scores") for p in pages)
+    paged = [m for p in pages for m in p.members]
+    assert [(m.member, m.external_id) for m in paged] == [
+        (m.member, m.external_id) for m in one_by_one
+    ]
+    assert [m.scores for m in paged] == [m.scores for m in one_by_one]
+    assert all(m.scores.segment == segment for m in paged)
+    assert [len(p.members) for p in [reply async for reply in export(7)]] == [7]
+
+    with pytest.raises(grpc.aio.AioRpcError) as caught:
+        _ = [reply async for reply in export(5001)]
+    assert error_info(caught.value) == (
+        grpc.StatusCode.INVALID_ARGUMENT,
+        "INVALID_FIELD",
+        ["page_size"],
+    )

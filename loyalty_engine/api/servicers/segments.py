@@ -23,7 +23,8 @@ from loyalty_engine.storage.unit_of_work import UnitOfWork
 
 Ctx: TypeAlias = grpc.aio.ServicerContext[Any, Any]
 
-EXPORT_BATCH = 2000
+EXPORT_BATCH = 2000  # members read per transaction when streaming one per message
+MAX_PAGE_SIZE = 5000
 
 
 class SegmentServicer(pb_grpc.SegmentServiceServicer):
@@ -73,26 +74,36 @@ class SegmentServicer(pb_grpc.SegmentServiceServicer):
         self, request: pb.ListSegmentMembersRequest, context: Ctx
     ) -> AsyncIterator[pb.ListSegmentMembersResponse]:
         name = parse_child(request.segment, "segments", "segment")
+        if not 0 <= request.page_size <= MAX_PAGE_SIZE:
+            raise InvalidArgument.for_field("page_size", f"must be 0-{MAX_PAGE_SIZE}")
+        page_size = request.page_size or EXPORT_BATCH
         after = ""
         while True:
             batch: list[SegmentMember] = await in_transaction(
-                self.app, partial(self._export_batch, name.program_id, name.resource_id, after)
+                self.app,
+                partial(self._export_batch, name.program_id, name.resource_id, after, page_size),
             )
-            for item in batch:
-                yield pb.ListSegmentMembersResponse(
-                    member=member_name(name.program_id, item.member_id),
-                    external_id=item.external_id,
-                    scores=conv.scores_to_proto(name.program_id, item.scores),
-                )
-            if len(batch) < EXPORT_BATCH:
+            if request.page_size:
+                if batch:
+                    yield pb.ListSegmentMembersResponse(
+                        members=conv.segment_members_to_proto(name.program_id, batch)
+                    )
+            else:
+                for item in batch:
+                    yield pb.ListSegmentMembersResponse(
+                        member=member_name(name.program_id, item.member_id),
+                        external_id=item.external_id,
+                        scores=conv.scores_to_proto(name.program_id, item.scores),
+                    )
+            if len(batch) < page_size:
                 return
             after = batch[-1].member_id
 
     @staticmethod
     async def _export_batch(
-        program_id: str, segment_id: str, after: str, uow: UnitOfWork
+        program_id: str, segment_id: str, after: str, limit: int, uow: UnitOfWork
     ) -> list[SegmentMember]:
-        return await svc.segment_members(uow, program_id, segment_id, after, EXPORT_BATCH)
+        return await svc.segment_members(uow, program_id, segment_id, after, limit)
 
     @grpc_method
     async def ListTopCustomers(

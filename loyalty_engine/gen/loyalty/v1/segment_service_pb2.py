@@ -26,17 +26,17 @@ from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__
 from loyalty_engine.gen.loyalty.v1 import common_pb2 as loyalty_dot_v1_dot_common__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n loyalty/v1/segment_service.proto\x12\nloyalty.v1\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x17loyalty/v1/common.proto\"u\n\x07Segment\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x14\n\x0c\x64isplay_name\x18\x02 \x01(\t\x12\x14\n\x0cmember_count\x18\x03 \x01(\x03\x12\x30\n\x0c\x63ompute_time\x18\x04 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"\xe0\x02\n\x10MemberStatistics\x12\x37\n\x13\x66irst_purchase_time\x18\x01 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x36\n\x12last_purchase_time\x18\x02 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x13\n\x0border_count\x18\x03 \x01(\x03\x12&\n\x0btotal_spend\x18\x04 \x01(\x0b\x32\x11.loyalty.v1.Money\x12.\n\x13\x61verage_order_value\x18\x05 \x01(\x0b\x32\x11.loyalty.v1.Money\x12*\n\x0fspend_12_months\x18\x06 \x01(\x0b\x32\x11.loyalty.v1.Money\x12\x18\n\x10orders_12_months\x18\x07 \x01(\x03\x12\x12\n\ncategories\x18\x08 \x03(\t\x12\x14\n\x0ctenure_years\x18\t \x01(\x05\"\x84\x01\n\tRfmScores\x12\x0f\n\x07recency\x18\x01 \x01(\x05\x12\x11\n\tfrequency\x18\x02 \x01(\x05\x12\x10\n\x08monetary\x18\x03 \x01(\x05\x12\x0f\n\x07segment\x18\x04 \x01(\t\x12\x30\n\x0c\x63ompute_time\x18\x05 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"=\n\x16RefreshSegmentsRequest\x12\x12\n\nrequest_id\x18\x01 \x01(\t\x12\x0f\n\x07program\x18\x02 \x01(\t\"c\n\x17RefreshSegmentsResponse\x12\x16\n\x0emembers_scored\x18\x01 \x01(\x03\x12\x30\n\x0c\x63ompute_time\x18\x02 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"%\n\x13ListSegmentsRequest\x12\x0e\n\x06parent\x18\x01 \x01(\t\"=\n\x14ListSegmentsResponse\x12%\n\x08segments\x18\x01 \x03(\x0b\x32\x13.loyalty.v1.Segment\",\n\x19ListSegmentMembersRequest\x12\x0f\n\x07segment\x18\x01 \x01(\t\"h\n\x1aListSegmentMembersResponse\x12\x0e\n\x06member\x18\x01 \x01(\t\x12\x13\n\x0b\x65xternal_id\x18\x02 \x01(\t\x12%\n\x06scores\x18\x03 \x01(\x0b\x32\x15.loyalty.v1.RfmScores\"\xc5\x01\n\x17ListTopCustomersRequest\x12\x0e\n\x06parent\x18\x01 \x01(\t\x12-\n\x06metric\x18\x02 \x01(\x0e\x32\x1d.loyalty.v1.TopCustomerMetric\x12-\n\x06window\x18\x03 \x01(\x0e\x32\x1d.loyalty.v1.TopCustomerWindow\x12\x0f\n\x05top_n\x18\x04 \x01(\x05H\x00\x12\"\n\x18top_percent_basis_points\x18\x05 \x01(\x05H\x00\x42\x07\n\x05limit\":\n\x0bTopCustomer\x12\x0c\n\x04rank\x18\x01 \x01(\x05\x12\x0e\n\x06member\x18\x02 \x01(\t\x12\r\n\x05value\x18\x03 \x01(\x03\"F\n\x18ListTopCustomersResponse\x12*\n\tcustomers\x18\x01 \x03(\x0b\x32\x17.loyalty.v1.TopCustomer\"*\n\x18GetMemberInsightsRequest\x12\x0e\n\x06member\x18\x01 \x01(\t\"\xb8\x01\n\x19GetMemberInsightsResponse\x12\x0e\n\x06member\x18\x01 \x01(\t\x12\x30\n\nstatistics\x18\x02 \x01(\x0b\x32\x1c.loyalty.v1.MemberStatistics\x12%\n\x06scores\x18\x03 \x01(\x0b\x32\x15.loyalty.v1.RfmScores\x12\x0c\n\x04tier\x18\x04 \x01(\t\x12\r\n\x05\x66lags\x18\x05 \x03(\t\x12\x15\n\ractive_offers\x18\x06 \x03(\t\"+\n\x18GetProgramMetricsRequest\x12\x0f\n\x07program\x18\x01 \x01(\t\"a\n\x0bTierMetrics\x12\x0c\n\x04tier\x18\x01 \x01(\t\x12\x14\n\x0cmember_count\x18\x02 \x01(\x03\x12.\n\x13\x61verage_order_value\x18\x03 \x01(\x0b\x32\x11.loyalty.v1.Money\"\xc5\x02\n\x19GetProgramMetricsResponse\x12\x14\n\x0cmember_count\x18\x01 \x01(\x03\x12\x1b\n\x13\x61\x63tive_member_count\x18\x02 \x01(\x03\x12)\n!repeat_purchase_rate_basis_points\x18\x03 \x01(\x05\x12\x15\n\rpoints_earned\x18\x04 \x01(\x03\x12\x17\n\x0fpoints_redeemed\x18\x05 \x01(\x03\x12$\n\x1credemption_rate_basis_points\x18\x06 \x01(\x05\x12\x1a\n\x12outstanding_points\x18\x07 \x01(\x03\x12\x30\n\x15outstanding_liability\x18\x08 \x01(\x0b\x32\x11.loyalty.v1.Money\x12&\n\x05tiers\x18\t \x03(\x0b\x32\x17.loyalty.v1.TierMetrics*\xcb\x01\n\x11TopCustomerMetric\x12#\n\x1fTOP_CUSTOMER_METRIC_UNSPECIFIED\x10\x00\x12\x1d\n\x19TOP_CUSTOMER_METRIC_SPEND\x10\x01\x12\x1e\n\x1aTOP_CUSTOMER_METRIC_ORDERS\x10\x02\x12%\n!TOP_CUSTOMER_METRIC_POINTS_EARNED\x10\x03\x12+\n\'TOP_CUSTOMER_METRIC_AVERAGE_ORDER_VALUE\x10\x04*\x9e\x01\n\x11TopCustomerWindow\x12#\n\x1fTOP_CUSTOMER_WINDOW_UNSPECIFIED\x10\x00\x12\x1f\n\x1bTOP_CUSTOMER_WINDOW_90_DAYS\x10\x01\x12!\n\x1dTOP_CUSTOMER_WINDOW_12_MONTHS\x10\x02\x12 \n\x1cTOP_CUSTOMER_WINDOW_ALL_TIME\x10\x03\x32\xc9\x04\n\x0eSegmentService\x12Z\n\x0fRefreshSegments\x12\".loyalty.v1.RefreshSegmentsRequest\x1a#.loyalty.v1.RefreshSegmentsResponse\x12Q\n\x0cListSegments\x12\x1f.loyalty.v1.ListSegmentsRequest\x1a .loyalty.v1.ListSegmentsResponse\x12\x65\n\x12ListSegmentMembers\x12%.loyalty.v1.ListSegmentMembersRequest\x1a&.loyalty.v1.ListSegmentMembersResponse0\x01\x12]\n\x10ListTopCustomers\x12#.loyalty.v1.ListTopCustomersRequest\x1a$.loyalty.v1.ListTopCustomersResponse\x12`\n\x11GetMemberInsights\x12$.loyalty.v1.GetMemberInsightsRequest\x1a%.loyalty.v1.GetMemberInsightsResponse\x12`\n\x11GetProgramMetrics\x12$.loyalty.v1.GetProgramMetricsRequest\x1a%.loyalty.v1.GetProgramMetricsResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n loyalty/v1/segment_service.proto\x12\nloyalty.v1\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x17loyalty/v1/common.proto\"u\n\x07Segment\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x14\n\x0c\x64isplay_name\x18\x02 \x01(\t\x12\x14\n\x0cmember_count\x18\x03 \x01(\x03\x12\x30\n\x0c\x63ompute_time\x18\x04 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"\xe0\x02\n\x10MemberStatistics\x12\x37\n\x13\x66irst_purchase_time\x18\x01 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x36\n\x12last_purchase_time\x18\x02 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x13\n\x0border_count\x18\x03 \x01(\x03\x12&\n\x0btotal_spend\x18\x04 \x01(\x0b\x32\x11.loyalty.v1.Money\x12.\n\x13\x61verage_order_value\x18\x05 \x01(\x0b\x32\x11.loyalty.v1.Money\x12*\n\x0fspend_12_months\x18\x06 \x01(\x0b\x32\x11.loyalty.v1.Money\x12\x18\n\x10orders_12_months\x18\x07 \x01(\x03\x12\x12\n\ncategories\x18\x08 \x03(\t\x12\x14\n\x0ctenure_years\x18\t \x01(\x05\"\x84\x01\n\tRfmScores\x12\x0f\n\x07recency\x18\x01 \x01(\x05\x12\x11\n\tfrequency\x18\x02 \x01(\x05\x12\x10\n\x08monetary\x18\x03 \x01(\x05\x12\x0f\n\x07segment\x18\x04 \x01(\t\x12\x30\n\x0c\x63ompute_time\x18\x05 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"=\n\x16RefreshSegmentsRequest\x12\x12\n\nrequest_id\x18\x01 \x01(\t\x12\x0f\n\x07program\x18\x02 \x01(\t\"c\n\x17RefreshSegmentsResponse\x12\x16\n\x0emembers_scored\x18\x01 \x01(\x03\x12\x30\n\x0c\x63ompute_time\x18\x02 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"%\n\x13ListSegmentsRequest\x12\x0e\n\x06parent\x18\x01 \x01(\t\"=\n\x14ListSegmentsResponse\x12%\n\x08segments\x18\x01 \x03(\x0b\x32\x13.loyalty.v1.Segment\"?\n\x19ListSegmentMembersRequest\x12\x0f\n\x07segment\x18\x01 \x01(\t\x12\x11\n\tpage_size\x18\x02 \x01(\x05\"[\n\rSegmentMember\x12\x0e\n\x06member\x18\x01 \x01(\t\x12\x13\n\x0b\x65xternal_id\x18\x02 \x01(\t\x12%\n\x06scores\x18\x03 \x01(\x0b\x32\x15.loyalty.v1.RfmScores\"\x94\x01\n\x1aListSegmentMembersResponse\x12\x0e\n\x06member\x18\x01 \x01(\t\x12\x13\n\x0b\x65xternal_id\x18\x02 \x01(\t\x12%\n\x06scores\x18\x03 \x01(\x0b\x32\x15.loyalty.v1.RfmScores\x12*\n\x07members\x18\x04 \x03(\x0b\x32\x19.loyalty.v1.SegmentMember\"\xc5\x01\n\x17ListTopCustomersRequest\x12\x0e\n\x06parent\x18\x01 \x01(\t\x12-\n\x06metric\x18\x02 \x01(\x0e\x32\x1d.loyalty.v1.TopCustomerMetric\x12-\n\x06window\x18\x03 \x01(\x0e\x32\x1d.loyalty.v1.TopCustomerWindow\x12\x0f\n\x05top_n\x18\x04 \x01(\x05H\x00\x12\"\n\x18top_percent_basis_points\x18\x05 \x01(\x05H\x00\x42\x07\n\x05limit\":\n\x0bTopCustomer\x12\x0c\n\x04rank\x18\x01 \x01(\x05\x12\x0e\n\x06member\x18\x02 \x01(\t\x12\r\n\x05value\x18\x03 \x01(\x03\"F\n\x18ListTopCustomersResponse\x12*\n\tcustomers\x18\x01 \x03(\x0b\x32\x17.loyalty.v1.TopCustomer\"*\n\x18GetMemberInsightsRequest\x12\x0e\n\x06member\x18\x01 \x01(\t\"\xb8\x01\n\x19GetMemberInsightsResponse\x12\x0e\n\x06member\x18\x01 \x01(\t\x12\x30\n\nstatistics\x18\x02 \x01(\x0b\x32\x1c.loyalty.v1.MemberStatistics\x12%\n\x06scores\x18\x03 \x01(\x0b\x32\x15.loyalty.v1.RfmScores\x12\x0c\n\x04tier\x18\x04 \x01(\t\x12\r\n\x05\x66lags\x18\x05 \x03(\t\x12\x15\n\ractive_offers\x18\x06 \x03(\t\"+\n\x18GetProgramMetricsRequest\x12\x0f\n\x07program\x18\x01 \x01(\t\"a\n\x0bTierMetrics\x12\x0c\n\x04tier\x18\x01 \x01(\t\x12\x14\n\x0cmember_count\x18\x02 \x01(\x03\x12.\n\x13\x61verage_order_value\x18\x03 \x01(\x0b\x32\x11.loyalty.v1.Money\"\xc5\x02\n\x19GetProgramMetricsResponse\x12\x14\n\x0cmember_count\x18\x01 \x01(\x03\x12\x1b\n\x13\x61\x63tive_member_count\x18\x02 \x01(\x03\x12)\n!repeat_purchase_rate_basis_points\x18\x03 \x01(\x05\x12\x15\n\rpoints_earned\x18\x04 \x01(\x03\x12\x17\n\x0fpoints_redeemed\x18\x05 \x01(\x03\x12$\n\x1credemption_rate_basis_points\x18\x06 \x01(\x05\x12\x1a\n\x12outstanding_points\x18\x07 \x01(\x03\x12\x30\n\x15outstanding_liability\x18\x08 \x01(\x0b\x32\x11.loyalty.v1.Money\x12&\n\x05tiers\x18\t \x03(\x0b\x32\x17.loyalty.v1.TierMetrics*\xcb\x01\n\x11TopCustomerMetric\x12#\n\x1fTOP_CUSTOMER_METRIC_UNSPECIFIED\x10\x00\x12\x1d\n\x19TOP_CUSTOMER_METRIC_SPEND\x10\x01\x12\x1e\n\x1aTOP_CUSTOMER_METRIC_ORDERS\x10\x02\x12%\n!TOP_CUSTOMER_METRIC_POINTS_EARNED\x10\x03\x12+\n\'TOP_CUSTOMER_METRIC_AVERAGE_ORDER_VALUE\x10\x04*\x9e\x01\n\x11TopCustomerWindow\x12#\n\x1fTOP_CUSTOMER_WINDOW_UNSPECIFIED\x10\x00\x12\x1f\n\x1bTOP_CUSTOMER_WINDOW_90_DAYS\x10\x01\x12!\n\x1dTOP_CUSTOMER_WINDOW_12_MONTHS\x10\x02\x12 \n\x1cTOP_CUSTOMER_WINDOW_ALL_TIME\x10\x03\x32\xc9\x04\n\x0eSegmentService\x12Z\n\x0fRefreshSegments\x12\".loyalty.v1.RefreshSegmentsRequest\x1a#.loyalty.v1.RefreshSegmentsResponse\x12Q\n\x0cListSegments\x12\x1f.loyalty.v1.ListSegmentsRequest\x1a .loyalty.v1.ListSegmentsResponse\x12\x65\n\x12ListSegmentMembers\x12%.loyalty.v1.ListSegmentMembersRequest\x1a&.loyalty.v1.ListSegmentMembersResponse0\x01\x12]\n\x10ListTopCustomers\x12#.loyalty.v1.ListTopCustomersRequest\x1a$.loyalty.v1.ListTopCustomersResponse\x12`\n\x11GetMemberInsights\x12$.loyalty.v1.GetMemberInsightsRequest\x1a%.loyalty.v1.GetMemberInsightsResponse\x12`\n\x11GetProgramMetrics\x12$.loyalty.v1.GetProgramMetricsRequest\x1a%.loyalty.v1.GetProgramMetricsResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'loyalty_engine.gen.loyalty.v1.segment_service_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_TOPCUSTOMERMETRIC']._serialized_start=2169
-  _globals['_TOPCUSTOMERMETRIC']._serialized_end=2372
-  _globals['_TOPCUSTOMERWINDOW']._serialized_start=2375
-  _globals['_TOPCUSTOMERWINDOW']._serialized_end=2533
+  _globals['_TOPCUSTOMERMETRIC']._serialized_start=2326
+  _globals['_TOPCUSTOMERMETRIC']._serialized_end=2529
+  _globals['_TOPCUSTOMERWINDOW']._serialized_start=2532
+  _globals['_TOPCUSTOMERWINDOW']._serialized_end=2690
   _globals['_SEGMENT']._serialized_start=106
   _globals['_SEGMENT']._serialized_end=223
   _globals['_MEMBERSTATISTICS']._serialized_start=226
@@ -52,25 +52,27 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_LISTSEGMENTSRESPONSE']._serialized_start=918
   _globals['_LISTSEGMENTSRESPONSE']._serialized_end=979
   _globals['_LISTSEGMENTMEMBERSREQUEST']._serialized_start=981
-  _globals['_LISTSEGMENTMEMBERSREQUEST']._serialized_end=1025
-  _globals['_LISTSEGMENTMEMBERSRESPONSE']._serialized_start=1027
-  _globals['_LISTSEGMENTMEMBERSRESPONSE']._serialized_end=1131
-  _globals['_LISTTOPCUSTOMERSREQUEST']._serialized_start=1134
-  _globals['_LISTTOPCUSTOMERSREQUEST']._serialized_end=1331
-  _globals['_TOPCUSTOMER']._serialized_start=1333
-  _globals['_TOPCUSTOMER']._serialized_end=1391
-  _globals['_LISTTOPCUSTOMERSRESPONSE']._serialized_start=1393
-  _globals['_LISTTOPCUSTOMERSRESPONSE']._serialized_end=1463
-  _globals['_GETMEMBERINSIGHTSREQUEST']._serialized_start=1465
-  _globals['_GETMEMBERINSIGHTSREQUEST']._serialized_end=1507
-  _globals['_GETMEMBERINSIGHTSRESPONSE']._serialized_start=1510
-  _globals['_GETMEMBERINSIGHTSRESPONSE']._serialized_end=1694
-  _globals['_GETPROGRAMMETRICSREQUEST']._serialized_start=1696
-  _globals['_GETPROGRAMMETRICSREQUEST']._serialized_end=1739
-  _globals['_TIERMETRICS']._serialized_start=1741
-  _globals['_TIERMETRICS']._serialized_end=1838
-  _globals['_GETPROGRAMMETRICSRESPONSE']._serialized_start=1841
-  _globals['_GETPROGRAMMETRICSRESPONSE']._serialized_end=2166
-  _globals['_SEGMENTSERVICE']._serialized_start=2536
-  _globals['_SEGMENTSERVICE']._serialized_end=3121
+  _globals['_LISTSEGMENTMEMBERSREQUEST']._serialized_end=1044
+  _globals['_SEGMENTMEMBER']._serialized_start=1046
+  _globals['_SEGMENTMEMBER']._serialized_end=1137
+  _globals['_LISTSEGMENTMEMBERSRESPONSE']._serialized_start=1140
+  _globals['_LISTSEGMENTMEMBERSRESPONSE']._serialized_end=1288
+  _globals['_LISTTOPCUSTOMERSREQUEST']._serialized_start=1291
+  _globals['_LISTTOPCUSTOMERSREQUEST']._serialized_end=1488
+  _globals['_TOPCUSTOMER']._serialized_start=1490
+  _globals['_TOPCUSTOMER']._serialized_end=1548
+  _globals['_LISTTOPCUSTOMERSRESPONSE']._serialized_start=1550
+  _globals['_LISTTOPCUSTOMERSRESPONSE']._serialized_end=1620
+  _globals['_GETMEMBERINSIGHTSREQUEST']._serialized_start=1622
+  _globals['_GETMEMBERINSIGHTSREQUEST']._serialized_end=1664
+  _globals['_GETMEMBERINSIGHTSRESPONSE']._serialized_start=1667
+  _globals['_GETMEMBERINSIGHTSRESPONSE']._serialized_end=1851
+  _globals['_GETPROGRAMMETRICSREQUEST']._serialized_start=1853
+  _globals['_GETPROGRAMMETRICSREQUEST']._serialized_end=1896
+  _globals['_TIERMETRICS']._serialized_start=1898
+  _globals['_TIERMETRICS']._serialized_end=1995
+  _globals['_GETPROGRAMMETRICSRESPONSE']._serialized_start=1998
+  _globals['_GETPROGRAMMETRICSRESPONSE']._serialized_end=2323
+  _globals['_SEGMENTSERVICE']._serialized_start=2693
+  _globals['_SEGMENTSERVICE']._serialized_end=3278
 # @@protoc_insertion_point(module_scope)

@@ -330,24 +330,32 @@ class ListSegmentMembersRequest(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
 
     SEGMENT_FIELD_NUMBER: _builtins.int
+    PAGE_SIZE_FIELD_NUMBER: _builtins.int
     segment: _builtins.str
     """The segment, `programs/{program}/segments/{segment}`."""
+    page_size: _builtins.int
+    """Members per streamed message. 0 (the default) streams one member per message, in the
+    response's `member`, `external_id` and `scores`; 1-5000 streams up to that many per
+    message in `members`, which is much faster for exporting a large segment.
+    Errors: INVALID_ARGUMENT (INVALID_FIELD) outside 0-5000.
+    """
     def __init__(
         self,
         *,
         segment: _builtins.str = ...,
+        page_size: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["segment", b"segment"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["page_size", b"page_size", "segment", b"segment"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___ListSegmentMembersRequest: _TypeAlias = ListSegmentMembersRequest  # noqa: Y015
 
 @_typing.final
-class ListSegmentMembersResponse(_message.Message):
-    """One member of a segment, streamed."""
+class SegmentMember(_message.Message):
+    """One member of a segment, as exported."""
 
     DESCRIPTOR: _descriptor.Descriptor
 
@@ -372,6 +380,46 @@ class ListSegmentMembersResponse(_message.Message):
     _HasFieldArgType: _TypeAlias = _typing.Literal["scores", b"scores"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
     _ClearFieldArgType: _TypeAlias = _typing.Literal["external_id", b"external_id", "member", b"member", "scores", b"scores"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___SegmentMember: _TypeAlias = SegmentMember  # noqa: Y015
+
+@_typing.final
+class ListSegmentMembersResponse(_message.Message):
+    """Members of a segment, streamed: one in the singular fields, or (with the request's
+    `page_size`) a page of them in `members`.
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    MEMBER_FIELD_NUMBER: _builtins.int
+    EXTERNAL_ID_FIELD_NUMBER: _builtins.int
+    SCORES_FIELD_NUMBER: _builtins.int
+    MEMBERS_FIELD_NUMBER: _builtins.int
+    member: _builtins.str
+    """The member, `programs/{program}/members/{member}` (when `page_size` is 0)."""
+    external_id: _builtins.str
+    """The member's external id (when `page_size` is 0)."""
+    @_builtins.property
+    def scores(self) -> Global___RfmScores:
+        """The scores (when `page_size` is 0)."""
+
+    @_builtins.property
+    def members(self) -> _containers.RepeatedCompositeFieldContainer[Global___SegmentMember]:
+        """Up to `page_size` members, in member id order (when `page_size` is set)."""
+
+    def __init__(
+        self,
+        *,
+        member: _builtins.str = ...,
+        external_id: _builtins.str = ...,
+        scores: Global___RfmScores | None = ...,
+        members: _abc.Iterable[Global___SegmentMember] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["scores", b"scores"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["external_id", b"external_id", "member", b"member", "members", b"members", "scores", b"scores"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
