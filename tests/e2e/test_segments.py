@@ -204,3 +204,62 @@ async def test_segment_export_in_pages_matches_the_export_by_member(scenario, cl
         "INVALID_FIELD",
         ["page_size"],
     )
+
+
+async def test_a_refresh_rescores_what_changed_and_dates_every_score_by_itself(
+    scenario, clock
+) -> None:
+    program = await scenario.program()
+    steady, buyer, returner = [await scenario.member(program) for _ in range(3)]
+    await scenario.purchase(steady, 4_000)
+    await scenario.purchase(buyer, 1_000)
+    await scenario.purchase(returner, 9_000, order_id=f"{program}-big")
+    await _refresh(scenario, program)
+    first = clock.now
+    before = (
+        await _stub(scenario).GetMemberInsights(sp.GetMemberInsightsRequest(member=buyer))
+    ).scores
+    assert (before.frequency, before.recency) == (1, 1)  # all three tied
+
+    clock.advance(days=200)  # every purchase leaves the 90-day window
+    await scenario.purchase(buyer, 2_000)
+    await scenario.purchase(buyer, 2_000)
+    await scenario.client.points.RecordReturn(
+        ps.RecordReturnRequest(
+            request_id=f"{program}-ret",
+            member=returner,
+            order_id=f"{program}-big",
+            return_id="r1",
+            return_time=scenario.purchase_request(returner, 1).purchase.purchase_time,
+        )
+    )
+    assert await _refresh(scenario, program) == 3
+
+    async def insights(member):
+        return await _stub(scenario).GetMemberInsights(sp.GetMemberInsightsRequest(member=member))
+
+    for member in (steady, buyer, returner):
+        reply = await insights(member)
+        assert reply.scores.compute_time.ToDatetime().replace(tzinfo=first.tzinfo) == clock.now
+        assert reply.scores.compute_time.ToDatetime().replace(tzinfo=first.tzinfo) != first
+
+    async def top(metric, window):
+        reply = await _stub(scenario).ListTopCustomers(
+            sp.ListTopCustomersRequest(
+                parent=f"programs/{program}", metric=metric, window=window, top_n=3
+            )
+        )
+        return [(c.member, c.value) for c in reply.customers]
+
+    assert await top(sp.TOP_CUSTOMER_METRIC_ORDERS, sp.TOP_CUSTOMER_WINDOW_ALL_TIME) == [
+        (buyer, 3),
+        (steady, 1),
+    ]  # the order returned in full no longer counts
+    assert await top(sp.TOP_CUSTOMER_METRIC_SPEND, sp.TOP_CUSTOMER_WINDOW_90_DAYS) == [
+        (buyer, 4_000)
+    ]
+    assert await top(
+        sp.TOP_CUSTOMER_METRIC_AVERAGE_ORDER_VALUE, sp.TOP_CUSTOMER_WINDOW_ALL_TIME
+    ) == [(steady, 4_000), (buyer, 1_666)]
+    b = (await insights(buyer)).scores
+    assert (b.frequency, b.recency) == (4, 4)  # first of three: 1 + 5 * 2 // 3
