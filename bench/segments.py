@@ -16,8 +16,8 @@ database, migrated with `python -m loyalty_engine migrate` and dropped afterward
    that re-importing (the first R rows of the same file) reports every row as a duplicate;
 4. through the real server (`serve`, plaintext, an operator key from `keys create
    --operator`, then a program key): RefreshSegments (twice), ListTopCustomers top 100 by
-   SPEND and by ORDERS over 12 months (sequential calls, p50/p99), and ListSegmentMembers
-   of the largest segment (streamed members/s);
+   each metric over 12 months (sequential calls, p50/p99), and ListSegmentMembers of the
+   largest segment in pages of 2,000 (streamed members/s);
 5. optionally profiles the import (cProfile) of a further, fresh file of ROWS rows.
 
 Results go to bench/results/<stamp>-segments.json and, unless --no-output, into
@@ -74,7 +74,8 @@ YEARS = 3
 ONE_OFF_SHARE = 0.5
 PARETO_ALPHA = 1.5
 WEIGHT_CAP = 150.0
-IMPORT_BATCH = 2000  # the CLI's default --batch
+IMPORT_BATCH = 20000  # the CLI's default --batch
+EXPORT_PAGE = 2000  # members per ListSegmentMembers message (its page_size)
 TARGETS = {
     "import": ">= 100,000 purchases/s",
     "refresh": "< 10 s at 1M members",
@@ -330,6 +331,47 @@ def stored_counts(db: BenchDatabase) -> dict[str, int]:
     return {k: int(v) for k, v in rows[0].items()}
 
 
+BASELINE_TABLE = """
+CREATE TABLE copy_baseline (
+    member_external_id varchar(200) NOT NULL, order_id varchar(200) NOT NULL,
+    purchase_time timestamptz NOT NULL, total_minor bigint NOT NULL,
+    currency_code varchar(3) NOT NULL,
+    PRIMARY KEY (member_external_id, order_id)
+);
+CREATE UNIQUE INDEX copy_baseline_order ON copy_baseline (order_id);
+CREATE INDEX copy_baseline_time ON copy_baseline (member_external_id, purchase_time)
+"""
+
+
+def copy_baseline(db: BenchDatabase, path: Path) -> dict[str, float]:
+    """PostgreSQL alone: COPY the same file into a bare table with the same kind of keys.
+
+    No validation, no members, no statistics, no lines: the floor of storing these rows with
+    a per-member primary key, a unique order id and a per-member time index on this machine.
+    """
+
+    async def run() -> float:
+        assert db.pg_url is not None
+        conn = await asyncpg.connect(_dsn(db.pg_url), timeout=10)
+        try:
+            await conn.execute(BASELINE_TABLE)
+            started = time.perf_counter()
+            async with conn.transaction():
+                with path.open("rb") as source:
+                    await conn.copy_to_table(
+                        "copy_baseline", source=source, format="csv", header=True
+                    )
+            seconds = time.perf_counter() - started
+            await conn.execute("DROP TABLE copy_baseline")
+            return seconds
+        finally:
+            await conn.close()
+
+    seconds = asyncio.run(run())
+    rows = sum(1 for _ in path.open()) - 1
+    return {"rows": rows, "seconds": seconds, "rows_per_second": rows / seconds}
+
+
 def explain(db: BenchDatabase, column: str) -> str:
     """The plan of the top-N cut query for a metric column, with timings."""
     rows = asyncio.run(
@@ -401,12 +443,14 @@ async def export(address: str, metadata: Any, segment: str) -> tuple[int, float,
         stub = sp_grpc.SegmentServiceStub(channel)
         cpu0, started = time.process_time(), time.perf_counter()
         count = 0
-        async for _ in stub.ListSegmentMembers(
-            sp.ListSegmentMembersRequest(segment=f"programs/{PROGRAM_ID}/segments/{segment}"),
+        async for reply in stub.ListSegmentMembers(
+            sp.ListSegmentMembersRequest(
+                segment=f"programs/{PROGRAM_ID}/segments/{segment}", page_size=EXPORT_PAGE
+            ),
             metadata=metadata,
             timeout=3600,
         ):
-            count += 1
+            count += len(reply.members)
         return count, time.perf_counter() - started, time.process_time() - cpu0
 
 
@@ -464,6 +508,9 @@ def bench(db: BenchDatabase, args: argparse.Namespace, source: Path, log_dir: Pa
             )
             counts = stored_counts(db)
             report.checks = {"stored": counts}
+            step("PostgreSQL alone: COPY of the same file into a bare table")
+            report.imports["copy_baseline"] = copy_baseline(db, history.path)
+            step(f"COPY baseline: {report.imports['copy_baseline']['rows_per_second']:,.0f} rows/s")
             sample = history.path
             if args.reimport_rows and args.reimport_rows < history.rows:
                 sample = head_of(history.path, args.reimport_rows, Path(tmp) / "sample.csv")
@@ -482,7 +529,12 @@ def bench(db: BenchDatabase, args: argparse.Namespace, source: Path, log_dir: Pa
                 seconds, scored = asyncio.run(refresh(service.address, metadata, f"{tag}-r{i}"))
                 report.refresh.append({"seconds": seconds, "members_scored": scored})
                 step(f"RefreshSegments {i + 1}: {seconds:.1f} s, {scored:,} members scored")
-            for metric in (sp.TOP_CUSTOMER_METRIC_SPEND, sp.TOP_CUSTOMER_METRIC_ORDERS):
+            for metric in (
+                sp.TOP_CUSTOMER_METRIC_SPEND,
+                sp.TOP_CUSTOMER_METRIC_ORDERS,
+                sp.TOP_CUSTOMER_METRIC_POINTS_EARNED,
+                sp.TOP_CUSTOMER_METRIC_AVERAGE_ORDER_VALUE,
+            ):
                 latency = asyncio.run(top_latencies(service.address, metadata, metric, args.calls))
                 report.top.append(asdict(latency))
                 step(f"{latency.title}: p50 {latency.p50_ms:.1f} ms, p99 {latency.p99_ms:.1f} ms")
@@ -555,13 +607,15 @@ def render(run: dict[str, Any]) -> str:
     full, again = r["imports"]["full"], r["imports"]["again"]
     refresh_s = min(x["seconds"] for x in r["refresh"])
     refresh_all = ", ".join(f"{x['seconds']:.1f}" for x in r["refresh"])
-    spend, orders = r["top"][0], r["top"][1]
+    tops = [x for x in r["top"] if "p99_ms" in x]
+    worst = max(tops, key=lambda x: x["p99_ms"])
     exp = r["export"]
+    baseline = r["imports"].get("copy_baseline")
     h = r["history"]
     met = {
         "import": full["rows_per_second"] >= 100_000,
         "refresh": refresh_s < 10 and r["members"] >= 1_000_000,
-        "top": spend["p99_ms"] < 10,
+        "top": worst["p99_ms"] < 10,
         "export": exp["members_per_second"] >= 100_000,
     }
 
@@ -571,7 +625,6 @@ def render(run: dict[str, Any]) -> str:
         return "met" if met[key] else "**not met**"
 
     c = r["checks"]
-    statements = 3 * h["members"] + h.get("member_batch_updates", 0)
     lines = [
         f"Run: {run['date']}, `{run['command']}`, on {run['code']}  ",
         f"Scale: {r['members']:,} members, {r['purchases']:,} purchases over {YEARS} years "
@@ -583,28 +636,36 @@ def render(run: dict[str, Any]) -> str:
         "",
         "| measure | result | target | |",
         "| --- | ---: | --- | --- |",
-        f"| import (`loyalty-engine import`, batch 2000) | {full['rows_per_second']:,.0f} "
-        f"purchases/s ({full['wall_seconds']:.0f} s) | {TARGETS['import']} | "
-        f"{verdict('import')} |",
+        f"| import (`loyalty-engine import`, batch {IMPORT_BATCH:,}) | "
+        f"{full['rows_per_second']:,.0f} purchases/s ({full['wall_seconds']:.0f} s) | "
+        f"{TARGETS['import']} | {verdict('import')} |",
         f"| RefreshSegments, whole program (best of {len(r['refresh'])}) | {refresh_s:.1f} s "
         f"({refresh_all}) | {TARGETS['refresh']} | "
         f"{verdict('refresh')} |",
-        f"| ListTopCustomers top 100, SPEND, 12 months ({spend['calls']} calls) | "
-        f"p50 {spend['p50_ms']:.1f} ms, p99 {spend['p99_ms']:.1f} ms | {TARGETS['top']} | "
-        f"{verdict('top')} |",
-        f"| ListTopCustomers top 100, ORDERS, 12 months ({orders['calls']} calls) | "
-        f"p50 {orders['p50_ms']:.1f} ms, p99 {orders['p99_ms']:.1f} ms | (comparison) | |",
+        *(
+            f"| ListTopCustomers top 100, {x['title'].split(' by ')[1]} ({x['calls']} calls) | "
+            f"p50 {x['p50_ms']:.1f} ms, p99 {x['p99_ms']:.1f} ms | {TARGETS['top']} | "
+            + ("met" if x["p99_ms"] < 10 else "**not met**")
+            + " |"
+            for x in tops
+        ),
         f"| ListSegmentMembers, largest segment ({exp['segment']}, {exp['members']:,} "
-        f"members) | {exp['members_per_second']:,.0f} members/s ({exp['seconds']:.1f} s) | "
-        f"{TARGETS['export']} | {verdict('export')} |",
+        f"members, page_size {EXPORT_PAGE:,}) | {exp['members_per_second']:,.0f} members/s "
+        f"({exp['seconds']:.1f} s) | {TARGETS['export']} | {verdict('export')} |",
         "",
         f"- Import CPU: the import process {full['import_cpu_seconds']:.0f} s, its PostgreSQL "
         f"backend {full['postgres_cpu_seconds']:.0f} s, over {full['wall_seconds']:.0f} s of "
         f"wall time (machine busy {full['machine_busy_cores']:.2f} of "
-        f"{run['machine']['cores']} cores, other tenants included). The import runs about "
-        f"{statements:,} per-member statements for {full['rows']:,} rows: 3 INSERTs per "
-        f"enrolled member, and one statistics UPDATE per member per 2000-row batch "
-        f"({h.get('member_batch_updates', 0):,}).",
+        f"{run['machine']['cores']} cores, other tenants included)."
+        + (
+            f" PostgreSQL alone, COPYing the same file into a bare table with a per-member key, "
+            f"a unique order id and a per-member time index (no validation, members, "
+            f"statistics or lines), took {baseline['seconds']:.0f} s: "
+            f"{baseline['rows_per_second']:,.0f} rows/s, so the import runs at "
+            f"{full['rows_per_second'] / baseline['rows_per_second']:.2f}x the bare COPY."
+            if baseline
+            else ""
+        ),
         f"- Export CPU: server {exp['server_cpu_seconds']:.1f} s, client "
         f"{exp['client_cpu_seconds']:.1f} s for {exp['members']:,} members.",
         f"- Correctness: {c['stored']['purchases']:,} purchases stored for "
