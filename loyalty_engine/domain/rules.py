@@ -171,10 +171,11 @@ def decide(
     """What the rules do for a member now, in rule order; later rules see earlier flags."""
     planned: list[PlannedAction] = []
     flags = set(facts.flags)
+    context = member_context(facts, now)
     for rule in rules:
         if trigger not in rule.triggers:
             continue
-        context = member_context(facts, now)
+        # Only the flags change from one rule to the next.
         context["flags"] = sorted(flags)
         actions = rule.actions if rule.condition(context) else rule.otherwise
         for action in actions:
