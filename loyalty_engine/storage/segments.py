@@ -11,6 +11,7 @@ import sqlalchemy as sa
 
 from loyalty_engine.domain.segments import SEGMENTS
 from loyalty_engine.storage import schema as t
+from loyalty_engine.storage.offers import spanning
 from loyalty_engine.storage.repositories import _Repository
 from loyalty_engine.storage.schema import UtcDateTime
 
@@ -235,6 +236,8 @@ class SegmentRepository(_Repository):
 
         Members without purchases since then are left out (their statistics are zero).
         """
+        if not member_ids:
+            return {}
         p = t.purchases
         kept = sa.or_(p.c.returned_minor < p.c.total_minor, p.c.total_minor == 0)
         rows = await self.conn.execute(
@@ -245,22 +248,26 @@ class SegmentRepository(_Repository):
             )
             .where(
                 p.c.program_id == program_id,
-                p.c.member_id.in_(member_ids),
+                spanning(p.c.member_id, member_ids),
                 p.c.purchase_time > since,
             )
             .group_by(p.c.member_id)
         )
-        return {r[0]: (int(r[1] or 0), int(r[2] or 0)) for r in rows}
+        wanted = set(member_ids)
+        return {r[0]: (int(r[1] or 0), int(r[2] or 0)) for r in rows if r[0] in wanted}
 
     async def scores_of(
         self, program_id: str, member_ids: Sequence[str]
     ) -> dict[str, tuple[Scores, int]]:
         """The scores and scored 12-month spend of each of some members that has them."""
+        if not member_ids:
+            return {}
         s = t.member_scores
         rows = await self.conn.execute(
-            sa.select(s).where(s.c.program_id == program_id, s.c.member_id.in_(member_ids))
+            sa.select(s).where(s.c.program_id == program_id, spanning(s.c.member_id, member_ids))
         )
-        return {r.member_id: (_scores(r), int(r.spend_12m)) for r in rows}
+        wanted = set(member_ids)
+        return {r.member_id: (_scores(r), int(r.spend_12m)) for r in rows if r.member_id in wanted}
 
     async def categories(self, program_id: str, member_id: str) -> list[str]:
         """Categories the member bought."""
