@@ -344,7 +344,8 @@ async def _apply(
     if not rules:
         return applied
     facts = await load_facts(uow, program, subjects, now, ranking, _needed(rules))
-    decided = [(f, decide(tuple(rules), f, now, trigger)) for f in facts]
+    in_order = tuple(rules)
+    decided = [(f, decide(in_order, f, now, trigger)) for f in facts]
     if dry_run:
         applied.outcomes = [
             RuleOutcome(f.member_id, a.rule_id, a.label) for f, actions in decided for a in actions
@@ -395,9 +396,10 @@ async def apply_rules(
     dry_run: bool = False,
     ranking: Ranking | None = None,
 ) -> RulesApplied:
-    """Decide and (unless a dry run) carry out the rules for some members, in the caller's
-    transaction; their accounts are locked first (not on a dry run). NOT_FOUND for an
-    unknown member."""
+    """Decide and (unless a dry run) carry out the rules for some members, in one transaction.
+
+    Their accounts are locked first (not on a dry run); NOT_FOUND for an unknown member.
+    """
     subjects = await uow.offers.subjects(program.program_id, member_ids, lock=not dry_run)
     if len(subjects) < len(set(member_ids)):
         found = {s.member_id for s in subjects}
