@@ -235,11 +235,13 @@ async def _serve_worker(settings: Settings, reuse_port: bool, banner: str | None
         running = await start_server(app, reuse_port=reuse_port)
         if settings.metrics_address and not reuse_port:
             metrics = app.telemetry.serve(settings.metrics_address)
-        if banner is not None:
-            print(banner.replace("{port}", str(running.port)), flush=True)
         import signal
 
+        # Before the banner: whoever reads "is serving" may send SIGHUP at once, and
+        # SIGHUP's default action ends the process.
         asyncio.get_running_loop().add_signal_handler(signal.SIGHUP, _reload_rules, app)
+        if banner is not None:
+            print(banner.replace("{port}", str(running.port)), flush=True)
         background = []
         if settings.maintenance_interval_seconds > 0:
             background.append(asyncio.create_task(_maintenance_loop(app)))
