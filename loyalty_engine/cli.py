@@ -178,17 +178,16 @@ async def _daily_rules(app: App, program_id: str) -> None:
 
     if not app.rules.rules:
         return
-    async with app.db.unit_of_work() as uow:
-        report = await run_rules(
-            uow, app.rules.rules, program_id, app.clock(), trigger=Trigger.DAILY
-        )
-        await uow.commit()
-    app.telemetry.offers_issued.inc(len(report.offers or []))
+    report = await run_rules(
+        app.db.unit_of_work, app.rules.rules, program_id, app.clock(), trigger=Trigger.DAILY
+    )
+    app.telemetry.offers_issued.inc(report.offers_issued)
     log.info(
-        "rules %s: %d members, %d actions",
+        "rules %s: %d members, %d actions (%s)",
         program_id,
         report.members_evaluated,
-        len(report.outcomes or []),
+        report.actions,
+        ", ".join(f"{label}: {n}" for label, n in sorted(report.action_counts.items())),
     )
 
 
@@ -236,11 +235,13 @@ async def _serve_worker(settings: Settings, reuse_port: bool, banner: str | None
         running = await start_server(app, reuse_port=reuse_port)
         if settings.metrics_address and not reuse_port:
             metrics = app.telemetry.serve(settings.metrics_address)
-        if banner is not None:
-            print(banner.replace("{port}", str(running.port)), flush=True)
         import signal
 
+        # Before the banner: whoever reads "is serving" may send SIGHUP at once, and
+        # SIGHUP's default action ends the process.
         asyncio.get_running_loop().add_signal_handler(signal.SIGHUP, _reload_rules, app)
+        if banner is not None:
+            print(banner.replace("{port}", str(running.port)), flush=True)
         background = []
         if settings.maintenance_interval_seconds > 0:
             background.append(asyncio.create_task(_maintenance_loop(app)))
@@ -484,30 +485,42 @@ async def _segments(settings: Settings, args: argparse.Namespace, out: TextIO) -
 
 
 async def _rules_run(settings: Settings, args: argparse.Namespace) -> None:
-    from loyalty_engine.services.offers import run_rules
+    from loyalty_engine.services.offers import run_rules, run_rules_for_member
 
     app = build_app(settings)
     try:
         await _ensure_schema(app, migrate=False)
-        async with app.db.unit_of_work() as uow:
+        if args.member:
+            async with app.db.unit_of_work() as uow:
+                report = await run_rules_for_member(
+                    uow,
+                    app.rules.rules,
+                    args.program,
+                    args.member,
+                    app.clock(),
+                    dry_run=args.dry_run,
+                )
+                if not args.dry_run:
+                    await uow.commit()
+        else:
             report = await run_rules(
-                uow,
+                app.db.unit_of_work,
                 app.rules.rules,
                 args.program,
                 app.clock(),
-                member_id=args.member,
                 dry_run=args.dry_run,
             )
-            if not args.dry_run:
-                await uow.commit()
-        for outcome in report.outcomes or []:
+        for outcome in report.outcomes:
             print(f"{outcome.member_id}\t{outcome.rule_id}\t{outcome.label}\t{outcome.offer_id}")
         verb = "would take" if args.dry_run else "took"
         print(
-            f"evaluated {report.members_evaluated:,} members; {verb} "
-            f"{len(report.outcomes or []):,} actions",
+            f"evaluated {report.members_evaluated:,} members; {verb} {report.actions:,} actions",
             file=sys.stderr,
         )
+        for label, n in sorted(report.action_counts.items()):
+            print(f"  {label}: {n:,}", file=sys.stderr)
+        if report.sampled:
+            print(f"(listed the first {len(report.outcomes):,} actions)", file=sys.stderr)
     finally:
         await app.close()
 

@@ -193,8 +193,11 @@ class _CelCondition:
         self.variables = frozenset(str(v).split(".", 1)[0] for v in program.variables())
 
     def __call__(self, context: Mapping[str, Any]) -> bool:
+        # Only the names the condition reads: converting the context into CEL values is
+        # most of an evaluation's cost, and it grows with what is passed, not what is read.
+        names = {k: context[k] for k in self.variables if k in context}
         try:
-            return self.program.execute(dict(context)) is True
+            return self.program.execute(names) is True
         except Exception:
             log.exception("rule %s: condition failed; treated as false", self.rule_id)
             return False

@@ -65,6 +65,40 @@ def fingerprint(method: str, request: Message) -> str:
     return digest.hexdigest()
 
 
+def _reused(method: str) -> InvalidArgument:
+    return InvalidArgument(
+        reason="REQUEST_ID_REUSED",
+        message="request_id was used before for a different request",
+        metadata={"field": "request_id", "method": method},
+    )
+
+
+async def replay(
+    app: App,
+    *,
+    method: str,
+    request: Message,
+    request_id: str,
+    program_id: str,
+    member_id: str,
+    response_type: type[M],
+) -> M | None:
+    """The stored first response to a request id, or None if it is new (nothing is claimed).
+
+    For work too long for one transaction (a whole-program rule run): it looks first, runs
+    in transactions of its own, then records its response with `exactly_once`.
+    """
+    check_request_id(request_id)
+    stored = await in_transaction(
+        app, lambda uow: uow.idempotency.get(program_id, member_id, request_id)
+    )
+    if stored is None or stored.response is None:
+        return None
+    if stored.fingerprint != fingerprint(method, request):
+        raise _reused(stored.method)
+    return response_type.FromString(stored.response)
+
+
 async def exactly_once(
     app: App,
     *,
@@ -93,11 +127,7 @@ async def exactly_once(
                 )
                 if stored is not None:
                     if stored.fingerprint != print_ or stored.response is None:
-                        raise InvalidArgument(
-                            reason="REQUEST_ID_REUSED",
-                            message="request_id was used before for a different request",
-                            metadata={"field": "request_id", "method": stored.method},
-                        )
+                        raise _reused(stored.method)
                     return response_type.FromString(stored.response)
                 result = await work(uow)
                 response = encode(result)

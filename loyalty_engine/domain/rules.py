@@ -12,6 +12,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from datetime import date, datetime, timedelta
 from enum import StrEnum
+from functools import cached_property
 from typing import Any
 
 from loyalty_engine.domain.offers import (
@@ -62,6 +63,11 @@ class Rule:
     otherwise: tuple[Action, ...] = ()
     triggers: frozenset[Trigger] = frozenset(Trigger)
 
+    @cached_property
+    def issues_only(self) -> bool:
+        """Whether the rule only issues offers when its condition holds (and else nothing)."""
+        return not self.otherwise and all(a.kind is ActionKind.ISSUE_OFFER for a in self.actions)
+
 
 @dataclass(frozen=True)
 class PastOffers:
@@ -69,6 +75,9 @@ class PastOffers:
 
     last_issue_time: datetime | None = None
     period_keys: frozenset[str] = frozenset()
+
+
+_NONE_BEFORE = PastOffers()
 
 
 @dataclass
@@ -171,10 +180,23 @@ def decide(
     """What the rules do for a member now, in rule order; later rules see earlier flags."""
     planned: list[PlannedAction] = []
     flags = set(facts.flags)
+    context: dict[str, Any] | None = None
     for rule in rules:
         if trigger not in rule.triggers:
             continue
-        context = member_context(facts, now)
+        past = facts.past_offers.get(rule.rule_id, _NONE_BEFORE)
+        if rule.issues_only:
+            # Conditions are pure: one whose answer changes nothing is not evaluated (most
+            # members are far from their birthday, or have this period's offer already).
+            windows = [
+                may_issue(a.offer, past, now, facts.birth_date) if a.offer else None
+                for a in rule.actions
+            ]
+            if not any(windows):
+                continue
+        if context is None:
+            context = member_context(facts, now)
+        # Only the flags change from one rule to the next.
         context["flags"] = sorted(flags)
         actions = rule.actions if rule.condition(context) else rule.otherwise
         for action in actions:
@@ -185,7 +207,6 @@ def decide(
                 flags.discard(action.flag)
                 planned.append(PlannedAction(rule.rule_id, action.kind, flag=action.flag))
             elif action.kind is ActionKind.ISSUE_OFFER and action.offer is not None:
-                past = facts.past_offers.get(rule.rule_id, PastOffers())
                 window = may_issue(action.offer, past, now, facts.birth_date)
                 if window is not None:
                     planned.append(

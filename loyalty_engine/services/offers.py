@@ -1,20 +1,28 @@
 """Rules and offers: running the rules for members, and the life of the offers they issue.
 
-Rules run per member under the member's account lock, so a purchase's rule run and the
-daily pass never interleave for one member; the unique (member, rule, period) key of an
-offer is the second guard. A dry run decides exactly as a real run and writes nothing.
+Rules run a page of members at a time: a handful of queries load the page's facts, the
+rules decide in memory, and a handful of statements write the flags and offers. The page's
+account rows are locked first (in member id order), the same lock a purchase takes, so a
+purchase's rule run and the daily pass never interleave for one member; the unique
+(member, rule, period) key of an offer is the second guard. The purchase hook is a page of
+one. A program or segment run commits page by page, so it never holds more than one page
+of locks, and its report keeps counts and a bounded sample, not every outcome. A dry run
+decides exactly as a real run and commits nothing.
 """
 
 from __future__ import annotations
 
 import uuid
-from collections.abc import Sequence
-from dataclasses import dataclass
+from bisect import bisect_right
+from collections import Counter
+from collections.abc import AsyncIterator, Callable, Sequence
+from contextlib import AbstractAsyncContextManager, asynccontextmanager
+from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 
 from loyalty_engine.domain.calendar import add_months
 from loyalty_engine.domain.errors import Aborted, FailedPrecondition, NotFound
-from loyalty_engine.domain.members import Member, MemberState
+from loyalty_engine.domain.members import MemberState
 from loyalty_engine.domain.money import format_money
 from loyalty_engine.domain.offers import (
     CodeCheck,
@@ -41,11 +49,14 @@ from loyalty_engine.services.members import get_member, member_not_found
 from loyalty_engine.services.points import lock_member, settle
 from loyalty_engine.services.programs import load_program
 from loyalty_engine.services.segments import refresh_segments
-from loyalty_engine.storage.repositories import LockedAccount, MemberFilter
+from loyalty_engine.storage.offers import RuleSubject
 from loyalty_engine.storage.unit_of_work import UnitOfWork
 
 CODE_ATTEMPTS = 8
-MEMBER_BATCH = 500
+# Members per page of a program or segment run: one transaction, a handful of statements.
+MEMBER_BATCH = 1000
+# Outcomes a run's report keeps (the first ones, in member order); the rest are counted.
+OUTCOME_SAMPLE = 1000
 
 
 @dataclass(frozen=True)
@@ -59,28 +70,75 @@ class RuleOutcome:
 
 
 @dataclass
+class RulesApplied:
+    """What the rules did for some members: every outcome and the offers issued."""
+
+    members: int = 0
+    outcomes: list[RuleOutcome] = field(default_factory=list)
+    offers: list[Offer] = field(default_factory=list)
+
+
+@dataclass
 class RunReport:
-    """What a rule run did."""
+    """What a rule run did: counts per action, and the first `sample_size` outcomes."""
 
     members_evaluated: int = 0
-    outcomes: list[RuleOutcome] | None = None
-    offers: list[Offer] | None = None
+    action_counts: Counter[str] = field(default_factory=Counter)
+    offers_issued: int = 0
+    outcomes: list[RuleOutcome] = field(default_factory=list)
+    sample_size: int = OUTCOME_SAMPLE
 
-    def __post_init__(self) -> None:
-        self.outcomes = self.outcomes or []
-        self.offers = self.offers or []
+    @property
+    def actions(self) -> int:
+        """Actions taken (or that would be), all of them."""
+        return sum(self.action_counts.values())
+
+    @property
+    def sampled(self) -> bool:
+        """Whether `outcomes` holds only some of the actions."""
+        return self.actions > len(self.outcomes)
+
+    def add(self, applied: RulesApplied) -> None:
+        """Count a page's outcomes and keep them while the sample has room."""
+        self.members_evaluated += applied.members
+        self.offers_issued += len(applied.offers)
+        self.action_counts.update(o.label for o in applied.outcomes)
+        room = self.sample_size - len(self.outcomes)
+        if room > 0:
+            self.outcomes.extend(applied.outcomes[:room])
 
 
 @dataclass(frozen=True)
 class Ranking:
-    """Ranks by 12-month spend (ties share the best rank) over the members with spend."""
+    """Ranks by 12-month spend as scored (ties share the best rank), among members with spend.
 
-    ranks: dict[str, int]
+    Held as the distribution of spend values, not a rank per member: a program of a million
+    members has far fewer distinct spends, and a page's ranks follow from it.
+    """
+
+    spends: tuple[int, ...]  # distinct spends > 0, ascending
+    at_most: tuple[int, ...]  # members with a spend up to spends[i]
+
+    @classmethod
+    def of(cls, distribution: Sequence[tuple[int, int]]) -> Ranking:
+        """From (spend, members) pairs, ascending by spend."""
+        running, at_most = 0, []
+        for _, count in distribution:
+            running += count
+            at_most.append(running)
+        return cls(tuple(spend for spend, _ in distribution), tuple(at_most))
 
     @property
     def members(self) -> int:
         """Members with spend in the window."""
-        return len(self.ranks)
+        return self.at_most[-1] if self.at_most else 0
+
+    def rank(self, spend: int) -> int:
+        """The rank of a spend: 1 + the members with more; 0 without spend."""
+        if spend <= 0:
+            return 0
+        i = bisect_right(self.spends, spend)
+        return self.members - (self.at_most[i - 1] if i else 0) + 1
 
 
 @dataclass(frozen=True)
@@ -92,9 +150,8 @@ class Redeemed:
     currency_code: str
 
 
-def tenure_years(member: Member, now: datetime) -> int:
+def tenure_years(join: datetime, now: datetime) -> int:
     """Whole years since the member joined (0 before the first anniversary)."""
-    join = member.join_time or member.create_time or now
     years = now.year - join.year - ((now.month, now.day) < (join.month, join.day))
     return max(0, years)
 
@@ -110,61 +167,70 @@ def _needed(rules: Sequence[Rule]) -> frozenset[str] | None:
     return frozenset(names)
 
 
-async def member_facts(
+async def load_facts(
     uow: UnitOfWork,
     program: Program,
-    member: Member,
+    subjects: Sequence[RuleSubject],
     now: datetime,
     ranking: Ranking | None,
     needed: frozenset[str] | None = None,
-    locked: LockedAccount | None = None,
-) -> MemberFacts:
-    """What the rules may look at for one member (statistics live, scores as last refreshed).
+) -> list[MemberFacts]:
+    """What the rules may look at for the active ones of some members, in a few queries.
 
-    With `needed`, the RFM scores and the spend rank are read only if a condition uses them:
-    on the purchase path they are the costly part, and most purchase rules do not.
+    Statistics are live (12-month spend and orders summed from the purchases), RFM scores
+    and the spend rank as last refreshed. With `needed`, the scores and the rank are read
+    only if a condition uses them: most purchase rules do not. Without a `ranking` (one
+    member, on the purchase path) the rank is counted for the member alone.
     """
-    program_id, member_id = program.program_id, member.member_id
-    if locked is None:
-        locked = await uow.accounts.lock(program_id, member_id, for_update=False)
-    if locked is None:
-        raise member_not_found(program_id, member_id)
-    spend_12m, orders_12m = await uow.segments.window_stats(
-        program_id, member_id, add_months(now, -12)
-    )
+    program_id = program.program_id
+    active = [s for s in subjects if s.state is MemberState.ACTIVE]
+    ids = [s.member_id for s in active]
+    if not ids:
+        return []
+    want_rfm = needed is None or "rfm" in needed
+    want_rank = needed is None or "top_customer" in needed
+    windows = await uow.segments.window_stats_of(program_id, ids, add_months(now, -12))
     scores = (
-        await uow.segments.scores(program_id, member_id)
-        if needed is None or "rfm" in needed
-        else None
+        await uow.segments.scores_of(program_id, ids)
+        if want_rfm or (want_rank and ranking is not None)
+        else {}
     )
-    if ranking is not None:
-        rank, members = ranking.ranks.get(member_id, 0), ranking.members
-    elif needed is None or "top_customer" in needed:
-        rank, members = await uow.offers.spend_rank(program_id, member_id)
-    else:
-        rank, members = 0, 0
-    return MemberFacts(
-        member_id=member_id,
-        first_name=member.given_name or "",
-        birth_date=member.birth_date,
-        has_email=bool(member.email),
-        marketing_consent=member.marketing_consent,
-        tier=locked.tier.tier_id or "",
-        tenure_years=tenure_years(member, now),
-        orders=locked.stats.order_count,
-        spend_minor=locked.stats.total_spend_minor,
-        spend_12m_minor=spend_12m,
-        orders_12m=orders_12m,
-        last_purchase_time=locked.stats.last_purchase_time,
-        recency=scores.recency if scores else 0,
-        frequency=scores.frequency if scores else 0,
-        monetary=scores.monetary if scores else 0,
-        segment=scores.segment_id if scores else "",
-        top_rank=rank,
-        top_members=members,
-        flags=await uow.offers.flags(program_id, member_id),
-        past_offers=await uow.offers.past_offers(program_id, member_id),
-    )
+    flags = await uow.offers.flags_of(program_id, ids)
+    past = await uow.offers.past_offers_of(program_id, ids)
+    facts = []
+    for s in active:
+        scored = scores.get(s.member_id)
+        rank = members = 0
+        if want_rank and ranking is not None:
+            rank, members = ranking.rank(scored[1] if scored else 0), ranking.members
+        elif want_rank:
+            rank, members = await uow.offers.spend_rank(program_id, s.member_id)
+        spend_12m, orders_12m = windows.get(s.member_id, (0, 0))
+        facts.append(
+            MemberFacts(
+                member_id=s.member_id,
+                first_name=s.given_name or "",
+                birth_date=s.birth_date,
+                has_email=s.has_email,
+                marketing_consent=s.marketing_consent,
+                tier=s.tier_id or "",
+                tenure_years=tenure_years(s.join_time or s.create_time or now, now),
+                orders=s.order_count,
+                spend_minor=s.total_spend_minor,
+                spend_12m_minor=spend_12m,
+                orders_12m=orders_12m,
+                last_purchase_time=s.last_purchase_time,
+                recency=scored[0].recency if scored and want_rfm else 0,
+                frequency=scored[0].frequency if scored and want_rfm else 0,
+                monetary=scored[0].monetary if scored and want_rfm else 0,
+                segment=scored[0].segment_id if scored and want_rfm else "",
+                top_rank=rank,
+                top_members=members,
+                flags=flags.get(s.member_id, set()),
+                past_offers=past.get(s.member_id, {}),
+            )
+        )
+    return facts
 
 
 def _message_values(program: Program, facts: MemberFacts, offer: Offer) -> dict[str, str]:
@@ -182,29 +248,15 @@ def _message_values(program: Program, facts: MemberFacts, offer: Offer) -> dict[
     }
 
 
-async def _issue(
-    uow: UnitOfWork, program: Program, facts: MemberFacts, action: PlannedAction, now: datetime
-) -> Offer | None:
+def _draft(program: Program, facts: MemberFacts, action: PlannedAction, now: datetime) -> Offer:
     template = action.offer
     assert template is not None and action.start_time and action.end_time
-    offer_id = uuid.uuid4().hex
-    code = template.shared_code
-    if template.code_pattern:
-        for _ in range(CODE_ATTEMPTS):
-            candidate = new_offer_code(template.code_pattern)
-            if await uow.offers.claim_code(
-                program.program_id, candidate, facts.member_id, offer_id
-            ):
-                code = candidate
-                break
-        else:
-            raise Aborted("CODE_COLLISION", "could not find a free offer code; retry")
-    offer = Offer(
-        offer_id=offer_id,
+    return Offer(
+        offer_id=uuid.uuid4().hex,
         member_id=facts.member_id,
         rule_id=action.rule_id,
         kind=template.kind,
-        code=code,
+        code="" if template.code_pattern else template.shared_code,
         message="",
         start_time=action.start_time,
         end_time=action.end_time,
@@ -219,54 +271,143 @@ async def _issue(
         uses_per_member=template.uses_per_member,
         total_uses=template.total_uses,
     )
-    offer.message = render_message(template.message, _message_values(program, facts, offer))
-    if not await uow.offers.add(program.program_id, offer):
-        return None  # issued for this period by a run that got there first
-    return offer
+
+
+async def _claim_codes(
+    uow: UnitOfWork, program_id: str, drafts: Sequence[Offer], patterns: Sequence[str]
+) -> None:
+    """Give each draft with a pattern a unique code: a claim per round, redraws for collisions."""
+    pending = [i for i, pattern in enumerate(patterns) if pattern]
+    for _ in range(CODE_ATTEMPTS):
+        if not pending:
+            return
+        candidates: dict[str, int] = {}
+        for i in pending:
+            for _ in range(CODE_ATTEMPTS):  # a page may draw the same code twice
+                code = new_offer_code(patterns[i])
+                if code not in candidates:
+                    candidates[code] = i
+                    break
+        claimed = await uow.offers.claim_codes(
+            program_id,
+            [(code, drafts[i].member_id, drafts[i].offer_id) for code, i in candidates.items()],
+        )
+        for code, i in candidates.items():
+            if code in claimed:
+                drafts[i].code = code
+        pending = [i for i in pending if not drafts[i].code]
+    if pending:
+        raise Aborted("CODE_COLLISION", "could not find a free offer code; retry")
+
+
+async def _issue(
+    uow: UnitOfWork,
+    program: Program,
+    planned: Sequence[tuple[MemberFacts, PlannedAction]],
+    now: datetime,
+) -> list[Offer | None]:
+    """Issue the planned offers in a few statements; None where the period was taken."""
+    if not planned:
+        return []
+    drafts = [_draft(program, facts, action, now) for facts, action in planned]
+    patterns = [action.offer.code_pattern if action.offer else "" for _, action in planned]
+    await _claim_codes(uow, program.program_id, drafts, patterns)
+    for (facts, action), offer in zip(planned, drafts, strict=True):
+        assert action.offer is not None
+        offer.message = render_message(action.offer.message, _message_values(program, facts, offer))
+    inserted = await uow.offers.add_many(program.program_id, drafts)
+    # Issued for this period by a run that got there first: its code is free again.
+    await uow.offers.release_codes(
+        program.program_id,
+        [
+            (offer.code, offer.offer_id)
+            for offer, pattern in zip(drafts, patterns, strict=True)
+            if pattern and offer.offer_id not in inserted
+        ],
+    )
+    return [offer if offer.offer_id in inserted else None for offer in drafts]
+
+
+async def _apply(
+    uow: UnitOfWork,
+    program: Program,
+    rules: Sequence[Rule],
+    subjects: Sequence[RuleSubject],
+    now: datetime,
+    trigger: Trigger,
+    *,
+    dry_run: bool,
+    ranking: Ranking | None,
+) -> RulesApplied:
+    """Decide and (unless a dry run) carry out the rules for loaded (and locked) members."""
+    applied = RulesApplied(members=len(subjects))
+    if not rules:
+        return applied
+    facts = await load_facts(uow, program, subjects, now, ranking, _needed(rules))
+    in_order = tuple(rules)
+    decided = [(f, decide(in_order, f, now, trigger)) for f in facts]
+    if dry_run:
+        applied.outcomes = [
+            RuleOutcome(f.member_id, a.rule_id, a.label) for f, actions in decided for a in actions
+        ]
+        return applied
+    # A flag's net change per member: clear every flag any action clears, then set the
+    # flags whose last action sets them (as one action after the other would leave them).
+    cleared: set[tuple[str, str]] = set()
+    last: dict[tuple[str, str], PlannedAction] = {}
+    to_issue: list[tuple[MemberFacts, PlannedAction]] = []
+    for f, actions in decided:
+        for a in actions:
+            if a.kind is ActionKind.ISSUE_OFFER:
+                to_issue.append((f, a))
+                continue
+            if a.kind is ActionKind.CLEAR_FLAG:
+                cleared.add((f.member_id, a.flag))
+            last[(f.member_id, a.flag)] = a
+    await uow.offers.clear_flags(program.program_id, sorted(cleared))
+    await uow.offers.set_flags(
+        program.program_id,
+        [(m, flag, a.rule_id) for (m, flag), a in last.items() if a.kind is ActionKind.SET_FLAG],
+        now,
+    )
+    offers = iter(await _issue(uow, program, to_issue, now))
+    for f, actions in decided:
+        for a in actions:
+            if a.kind is not ActionKind.ISSUE_OFFER:
+                applied.outcomes.append(RuleOutcome(f.member_id, a.rule_id, a.label))
+                continue
+            offer = next(offers)
+            if offer is not None:
+                applied.offers.append(offer)
+                applied.outcomes.append(
+                    RuleOutcome(f.member_id, a.rule_id, a.label, offer.offer_id)
+                )
+    return applied
 
 
 async def apply_rules(
     uow: UnitOfWork,
     program: Program,
     rules: Sequence[Rule],
-    member: Member,
+    member_ids: Sequence[str],
     now: datetime,
     trigger: Trigger,
     *,
     dry_run: bool = False,
     ranking: Ranking | None = None,
-) -> tuple[list[RuleOutcome], list[Offer]]:
-    """Decide and (unless a dry run) carry out the rules for one member."""
-    if member.state is not MemberState.ACTIVE or not rules:
-        return [], []
-    locked = None
-    if not dry_run:
-        # Serializes rule runs for one member (purchase, daily pass, RunRules).
-        locked = await uow.accounts.lock(program.program_id, member.member_id)
-    facts = await member_facts(uow, program, member, now, ranking, _needed(rules), locked)
-    outcomes: list[RuleOutcome] = []
-    issued: list[Offer] = []
-    for action in decide(tuple(rules), facts, now, trigger):
-        if dry_run:
-            outcomes.append(RuleOutcome(member.member_id, action.rule_id, action.label))
-            continue
-        if action.kind is ActionKind.SET_FLAG:
-            await uow.offers.set_flag(
-                program.program_id, member.member_id, action.flag, action.rule_id, now
-            )
-        elif action.kind is ActionKind.CLEAR_FLAG:
-            await uow.offers.clear_flag(program.program_id, member.member_id, action.flag)
-        else:
-            offer = await _issue(uow, program, facts, action, now)
-            if offer is None:
-                continue
-            issued.append(offer)
-            outcomes.append(
-                RuleOutcome(member.member_id, action.rule_id, action.label, offer.offer_id)
-            )
-            continue
-        outcomes.append(RuleOutcome(member.member_id, action.rule_id, action.label))
-    return outcomes, issued
+) -> RulesApplied:
+    """Decide and (unless a dry run) carry out the rules for some members, in one transaction.
+
+    Their accounts are locked first (not on a dry run); NOT_FOUND for an unknown member.
+    """
+    subjects = await uow.offers.subjects(program.program_id, member_ids, lock=not dry_run)
+    if len(subjects) < len(set(member_ids)):
+        found = {s.member_id for s in subjects}
+        missing = next(m for m in member_ids if m not in found)
+        raise member_not_found(program.program_id, missing)
+    return await _apply(
+        uow, program, rules, subjects, now, trigger, dry_run=dry_run, ranking=ranking
+    )
 
 
 async def rules_after_purchase(
@@ -277,64 +418,144 @@ async def rules_after_purchase(
     if not purchase_rules:
         return []
     program = await load_program(uow, program_id)
-    member = await get_member(uow, program_id, member_id)
-    _, issued = await apply_rules(uow, program, purchase_rules, member, now, Trigger.PURCHASE)
-    return issued
+    applied = await apply_rules(uow, program, purchase_rules, [member_id], now, Trigger.PURCHASE)
+    return applied.offers
+
+
+async def run_rules_for_member(
+    uow: UnitOfWork,
+    rules: Sequence[Rule],
+    program_id: str,
+    member_id: str,
+    now: datetime,
+    *,
+    dry_run: bool = False,
+    trigger: Trigger = Trigger.ON_DEMAND,
+) -> RunReport:
+    """Run the rules for one member in the caller's transaction (committed by the caller)."""
+    program = await load_program(uow, program_id)
+    if await uow.segments.last_refresh(program_id) is None:
+        # A dry run's transaction is never committed, so even this leaves nothing behind.
+        await refresh_segments(uow, program_id, now)
+    report = RunReport()
+    report.add(await apply_rules(uow, program, rules, [member_id], now, trigger, dry_run=dry_run))
+    return report
 
 
 async def run_rules(
-    uow: UnitOfWork,
+    unit_of_work: Callable[[], UnitOfWork],
     rules: Sequence[Rule],
     program_id: str,
     now: datetime,
     *,
-    member_id: str | None = None,
     segment_id: str | None = None,
     dry_run: bool = False,
     trigger: Trigger = Trigger.ON_DEMAND,
+    page_size: int = MEMBER_BATCH,
+    sample_size: int = OUTCOME_SAMPLE,
 ) -> RunReport:
-    """Run the rules for one member, one segment or (neither given) the whole program."""
-    program = await load_program(uow, program_id)
-    report = RunReport()
+    """Run the rules for one segment or the whole program, one transaction per page.
+
+    Each page is committed as it is done (never on a dry run), so a run that fails part way
+    keeps the pages before; running again is safe, as offers are unique per rule and period
+    and flags are set or cleared, not toggled. The spend ranking is read once, at the start.
+    """
     if segment_id is not None:
         segment_by_id(segment_id)
-    if await uow.segments.last_refresh(program_id) is None:
-        # A dry run's transaction is never committed, so even this leaves nothing behind.
-        await refresh_segments(uow, program_id, now)
-    ranking = Ranking(await uow.offers.spend_ranks(program_id))
+    report = RunReport(sample_size=sample_size)
+    async with unit_of_work() as uow:
+        program = await load_program(uow, program_id)
+        scored = await uow.segments.last_refresh(program_id) is not None
+        if not scored and dry_run:
+            # The scores the rules need were never computed, and a dry run may not write
+            # them: compute them in one transaction that is rolled back, and run every page
+            # in it (a program's first run only; the daily pass refreshes the scores).
+            await refresh_segments(uow, program_id, now)
+            ranking = Ranking.of(await uow.offers.spend_distribution(program_id))
 
-    async def one(member: Member) -> None:
-        outcomes, offers = await apply_rules(
-            uow, program, rules, member, now, trigger, dry_run=dry_run, ranking=ranking
-        )
-        report.members_evaluated += 1
-        assert report.outcomes is not None and report.offers is not None
-        report.outcomes.extend(outcomes)
-        report.offers.extend(offers)
+            @asynccontextmanager
+            async def same_transaction() -> AsyncIterator[UnitOfWork]:
+                yield uow
 
-    if member_id is not None:
-        await one(await get_member(uow, program_id, member_id))
-        return report
-    after = ""
-    while True:
-        if segment_id is not None:
-            ids = [
-                m.member_id
-                for m in await uow.segments.segment_members(
-                    program_id, segment_id, after, MEMBER_BATCH
-                )
-            ]
-            members = [m for m in [await uow.members.get(program_id, i) for i in ids] if m]
-        else:
-            members = await uow.members.list_after(
-                program_id, after, MEMBER_BATCH, MemberFilter(state=MemberState.ACTIVE)
+            await _walk(
+                same_transaction,
+                report,
+                program,
+                rules,
+                now,
+                trigger,
+                segment_id,
+                dry_run=True,
+                ranking=ranking,
+                page_size=page_size,
             )
-            ids = [m.member_id for m in members]
-        for member in members:
-            await one(member)
-        if len(ids) < MEMBER_BATCH:
             return report
-        after = ids[-1]
+        if not scored:
+            await refresh_segments(uow, program_id, now)
+        ranking = Ranking.of(await uow.offers.spend_distribution(program_id))
+        if not scored:
+            await uow.commit()
+
+    @asynccontextmanager
+    async def own_transaction() -> AsyncIterator[UnitOfWork]:
+        async with unit_of_work() as page_uow:
+            yield page_uow
+            if not dry_run:
+                await page_uow.commit()
+
+    await _walk(
+        own_transaction,
+        report,
+        program,
+        rules,
+        now,
+        trigger,
+        segment_id,
+        dry_run=dry_run,
+        ranking=ranking,
+        page_size=page_size,
+    )
+    return report
+
+
+async def _walk(
+    page: Callable[[], AbstractAsyncContextManager[UnitOfWork]],
+    report: RunReport,
+    program: Program,
+    rules: Sequence[Rule],
+    now: datetime,
+    trigger: Trigger,
+    segment_id: str | None,
+    *,
+    dry_run: bool,
+    ranking: Ranking,
+    page_size: int,
+) -> None:
+    """Page through the program's active members (or a segment's members) by id."""
+    program_id, after = program.program_id, ""
+    while True:
+        async with page() as uow:
+            if segment_id is None:
+                subjects = await uow.offers.active_subjects_after(
+                    program_id, after, page_size, lock=not dry_run
+                )
+                listed = [s.member_id for s in subjects]
+            else:
+                listed = [
+                    m.member_id
+                    for m in await uow.segments.segment_members(
+                        program_id, segment_id, after, page_size
+                    )
+                ]
+                subjects = await uow.offers.subjects(program_id, listed, lock=not dry_run)
+            report.add(
+                await _apply(
+                    uow, program, rules, subjects, now, trigger, dry_run=dry_run, ranking=ranking
+                )
+            )
+        if len(listed) < page_size:
+            return
+        after = listed[-1]
 
 
 # --- offers --------------------------------------------------------------------------------

@@ -7,15 +7,90 @@ the increment one step, so two redemptions of the last use can never both succee
 
 from __future__ import annotations
 
-from datetime import datetime
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from datetime import date, datetime
 from typing import Any
 
 import sqlalchemy as sa
 
+from loyalty_engine.domain.members import MemberState
 from loyalty_engine.domain.offers import Offer, OfferKind, OfferState
 from loyalty_engine.domain.rules import PastOffers
 from loyalty_engine.storage import schema as t
 from loyalty_engine.storage.repositories import _Repository
+
+
+@dataclass(frozen=True)
+class RuleSubject:
+    """A member as the rules see them: the profile and the account's running statistics."""
+
+    member_id: str
+    state: MemberState
+    given_name: str | None
+    has_email: bool
+    birth_date: date | None
+    join_time: datetime | None
+    create_time: datetime | None
+    marketing_consent: bool
+    tier_id: str | None
+    order_count: int
+    total_spend_minor: int
+    last_purchase_time: datetime | None
+
+
+def spanning(column: sa.ColumnElement[str], member_ids: Sequence[str]) -> sa.ColumnElement[bool]:
+    """The range of member ids a page spans, for the page's queries (callers keep its ids).
+
+    A page is a run of ids in order (or a segment's, spread a little wider): a range is one
+    index range scan. A long IN list of parameters is not: PostgreSQL's plan for it cannot
+    hash the list, and on a table without fresh statistics it compares every row with every
+    id (half a second a page at 20,000 members, growing with the table).
+    """
+    return column.between(min(member_ids), max(member_ids))
+
+
+def _subject_from_row(row: Any) -> RuleSubject:
+    return RuleSubject(
+        member_id=row.member_id,
+        state=MemberState(row.state),
+        given_name=row.given_name,
+        has_email=bool(row.email),
+        birth_date=row.birth_date,
+        join_time=row.join_time,
+        create_time=row.create_time,
+        marketing_consent=row.marketing_consent,
+        tier_id=row.tier_id,
+        order_count=row.order_count,
+        total_spend_minor=row.total_spend_minor,
+        last_purchase_time=row.last_purchase_time,
+    )
+
+
+def _offer_values(program_id: str, offer: Offer) -> dict[str, Any]:
+    return {
+        "program_id": program_id,
+        "member_id": offer.member_id,
+        "offer_id": offer.offer_id,
+        "rule_id": offer.rule_id,
+        "period_key": offer.period_key,
+        "kind": offer.kind.value,
+        "code": offer.code,
+        "message": offer.message,
+        "percent_off": offer.percent_off,
+        "amount_off_minor": offer.amount_off_minor,
+        "currency_code": offer.currency_code,
+        "bonus_points": offer.bonus_points,
+        "sku": offer.sku,
+        "min_order_minor": offer.min_order_minor,
+        "uses_per_member": offer.uses_per_member,
+        "total_uses": offer.total_uses,
+        "uses": offer.uses,
+        "state": offer.state.value,
+        "start_time": offer.start_time,
+        "end_time": offer.end_time,
+        "create_time": offer.create_time,
+    }
 
 
 def _offer_from_row(row: Any) -> Offer:
@@ -52,30 +127,116 @@ class OfferRepository(_Repository):
 
     async def flags(self, program_id: str, member_id: str) -> set[str]:
         """The flags a member holds."""
+        return (await self.flags_of(program_id, [member_id])).get(member_id, set())
+
+    async def flags_of(self, program_id: str, member_ids: Sequence[str]) -> dict[str, set[str]]:
+        """The flags each of some members holds (members without flags are left out)."""
+        if not member_ids:
+            return {}
         f = t.member_flags
         rows = await self.conn.execute(
-            sa.select(f.c.flag).where(f.c.program_id == program_id, f.c.member_id == member_id)
+            sa.select(f.c.member_id, f.c.flag).where(
+                f.c.program_id == program_id, spanning(f.c.member_id, member_ids)
+            )
         )
-        return {r.flag for r in rows}
+        wanted, held = set(member_ids), dict[str, set[str]]()
+        for r in rows:
+            if r.member_id in wanted:
+                held.setdefault(r.member_id, set()).add(r.flag)
+        return held
 
-    async def set_flag(
-        self, program_id: str, member_id: str, flag: str, rule_id: str, now: datetime
+    async def set_flags(
+        self, program_id: str, flags: Iterable[tuple[str, str, str]], now: datetime
     ) -> None:
-        """Set a flag (no-op if it is set)."""
-        await self.conn.execute(
-            self.insert_ignoring_conflicts(t.member_flags).values(
-                program_id=program_id, member_id=member_id, flag=flag, rule_id=rule_id, set_time=now
-            )
-        )
+        """Set flags, given as (member id, flag, rule id); a flag already set is kept."""
+        rows = [
+            {
+                "program_id": program_id,
+                "member_id": member_id,
+                "flag": flag,
+                "rule_id": rule_id,
+                "set_time": now,
+            }
+            for member_id, flag, rule_id in flags
+        ]
+        if rows:
+            await self.conn.execute(self.insert_ignoring_conflicts(t.member_flags), rows)
 
-    async def clear_flag(self, program_id: str, member_id: str, flag: str) -> None:
-        """Clear a flag."""
+    async def clear_flags(self, program_id: str, flags: Iterable[tuple[str, str]]) -> None:
+        """Clear flags, given as (member id, flag): one statement per flag."""
+        by_flag: dict[str, list[str]] = {}
+        for member_id, flag in flags:
+            by_flag.setdefault(flag, []).append(member_id)
         f = t.member_flags
-        await self.conn.execute(
-            f.delete().where(
-                f.c.program_id == program_id, f.c.member_id == member_id, f.c.flag == flag
+        for flag, member_ids in sorted(by_flag.items()):
+            await self.conn.execute(
+                f.delete().where(
+                    f.c.program_id == program_id,
+                    spanning(f.c.member_id, member_ids),
+                    f.c.member_id.in_(member_ids),
+                    f.c.flag == flag,
+                )
             )
+
+    # --- the members a rule run looks at ---------------------------------------------------
+
+    def _subjects(self, program_id: str, lock: bool) -> sa.Select[Any]:
+        m, a = t.members, t.member_accounts
+        stmt = (
+            sa.select(
+                m.c.member_id,
+                m.c.state,
+                m.c.given_name,
+                m.c.email,
+                m.c.birth_date,
+                m.c.join_time,
+                m.c.create_time,
+                m.c.marketing_consent,
+                a.c.tier_id,
+                a.c.order_count,
+                a.c.total_spend_minor,
+                a.c.last_purchase_time,
+            )
+            .select_from(
+                a.join(m, sa.and_(m.c.program_id == a.c.program_id, m.c.member_id == a.c.member_id))
+            )
+            .where(a.c.program_id == program_id)
+            .order_by(a.c.member_id)
         )
+        # The same row lock as every write of a member's account (purchases, redemptions),
+        # taken in member id order so that two runs over overlapping pages cannot deadlock.
+        # SQLite needs none: BEGIN IMMEDIATE already serializes writers.
+        if lock and self.dialect == "postgresql":
+            stmt = stmt.with_for_update(of=a)
+        return stmt
+
+    async def subjects(
+        self, program_id: str, member_ids: Sequence[str], *, lock: bool
+    ) -> list[RuleSubject]:
+        """Some members (any state) by id, in id order; `lock` takes their account rows."""
+        if not member_ids:
+            return []
+        a = t.member_accounts
+        stmt = self._subjects(program_id, lock).where(
+            spanning(a.c.member_id, member_ids), a.c.member_id.in_(member_ids)
+        )
+        return [_subject_from_row(r) for r in await self.conn.execute(stmt)]
+
+    async def active_subjects_after(
+        self, program_id: str, after_id: str, limit: int, *, lock: bool
+    ) -> list[RuleSubject]:
+        """The next page of active members by id after `after_id`; `lock` takes their rows."""
+        stmt = (
+            self._subjects(program_id, lock)
+            .where(
+                t.member_accounts.c.member_id > after_id,
+                # Said of both tables, so that neither is read from its start.
+                t.members.c.member_id > after_id,
+                t.members.c.state == MemberState.ACTIVE.value,
+            )
+            .limit(limit)
+        )
+        return [_subject_from_row(r) for r in await self.conn.execute(stmt)]
 
     # --- ranks -----------------------------------------------------------------------------
 
@@ -91,7 +252,9 @@ class OfferRepository(_Repository):
         ).scalar()
         members = (
             await self.conn.execute(
-                sa.select(sa.func.count()).where(s.c.program_id == program_id, s.c.spend_12m > 0)
+                sa.select(sa.func.count()).where(
+                    s.c.program_id == program_id, s.c.spend_12m > t.RANKS
+                )
             )
         ).scalar_one()
         if not mine or mine <= 0:
@@ -103,79 +266,111 @@ class OfferRepository(_Repository):
         ).scalar_one()
         return int(above) + 1, int(members)
 
-    async def spend_ranks(self, program_id: str) -> dict[str, int]:
-        """Every member with 12-month spend and their rank (ties share the best rank)."""
+    async def spend_distribution(self, program_id: str) -> list[tuple[int, int]]:
+        """How many members have each 12-month spend (as scored), for spend > 0, ascending.
+
+        Compact where a map of every member's rank is not: the ranks of a page of members
+        follow from it and their own spend.
+        """
         s = t.member_scores
         rows = await self.conn.execute(
-            sa.select(s.c.member_id, s.c.spend_12m)
-            .where(s.c.program_id == program_id, s.c.spend_12m > 0)
-            .order_by(s.c.spend_12m.desc())
+            sa.select(s.c.spend_12m, sa.func.count())
+            .where(s.c.program_id == program_id, s.c.spend_12m > t.RANKS)
+            .group_by(s.c.spend_12m)
+            .order_by(s.c.spend_12m)
         )
-        ranks: dict[str, int] = {}
-        previous: tuple[int, int] | None = None
-        for position, row in enumerate(rows, start=1):
-            rank = previous[1] if previous and previous[0] == row.spend_12m else position
-            ranks[row.member_id] = rank
-            previous = (row.spend_12m, rank)
-        return ranks
+        return [(int(r[0]), int(r[1])) for r in rows]
 
     # --- offers ----------------------------------------------------------------------------
 
-    async def past_offers(self, program_id: str, member_id: str) -> dict[str, PastOffers]:
-        """Per rule, when it last issued an offer to the member and the periods it used."""
+    async def past_offers_of(
+        self, program_id: str, member_ids: Sequence[str]
+    ) -> dict[str, dict[str, PastOffers]]:
+        """Per member and rule: the latest issue time and the periods it used."""
+        if not member_ids:
+            return {}
         o = t.offers
         rows = await self.conn.execute(
-            sa.select(o.c.rule_id, o.c.period_key, o.c.create_time).where(
-                o.c.program_id == program_id, o.c.member_id == member_id
+            sa.select(o.c.member_id, o.c.rule_id, o.c.period_key, o.c.create_time).where(
+                o.c.program_id == program_id, spanning(o.c.member_id, member_ids)
             )
         )
-        by_rule: dict[str, tuple[datetime, set[str]]] = {}
+        wanted, seen = set(member_ids), dict[tuple[str, str], tuple[datetime, set[str]]]()
         for row in rows:
-            last, keys = by_rule.get(row.rule_id, (row.create_time, set()))
+            if row.member_id not in wanted:
+                continue
+            key = (row.member_id, row.rule_id)
+            last, keys = seen.get(key, (row.create_time, set()))
             keys.add(row.period_key)
-            by_rule[row.rule_id] = (max(last, row.create_time), keys)
-        return {rule: PastOffers(last, frozenset(keys)) for rule, (last, keys) in by_rule.items()}
+            seen[key] = (max(last, row.create_time), keys)
+        past: dict[str, dict[str, PastOffers]] = {}
+        for (member_id, rule_id), (last, keys) in seen.items():
+            past.setdefault(member_id, {})[rule_id] = PastOffers(last, frozenset(keys))
+        return past
 
-    async def claim_code(self, program_id: str, code: str, member_id: str, offer_id: str) -> bool:
-        """Claim a unique code; False on the (rare) collision."""
-        result = await self.conn.execute(
-            self.insert_ignoring_conflicts(t.offer_codes).values(
-                program_id=program_id, code=code, member_id=member_id, offer_id=offer_id
-            )
-        )
-        return bool(result.rowcount)
+    async def claim_codes(
+        self, program_id: str, claims: Iterable[tuple[str, str, str]]
+    ) -> set[str]:
+        """Claim unique codes, given as (code, member id, offer id); the codes claimed.
 
-    async def add(self, program_id: str, offer: Offer) -> bool:
-        """Insert an offer and its ISSUED event; False if the rule's period is taken."""
+        A code missing from the answer was taken (the rare collision): draw another.
+        """
+        rows = [
+            {"program_id": program_id, "code": code, "member_id": member_id, "offer_id": offer_id}
+            for code, member_id, offer_id in claims
+        ]
+        if not rows:
+            return set()
+        c = t.offer_codes
         result = await self.conn.execute(
-            self.insert_ignoring_conflicts(t.offers).values(
-                program_id=program_id,
-                member_id=offer.member_id,
-                offer_id=offer.offer_id,
-                rule_id=offer.rule_id,
-                period_key=offer.period_key,
-                kind=offer.kind.value,
-                code=offer.code,
-                message=offer.message,
-                percent_off=offer.percent_off,
-                amount_off_minor=offer.amount_off_minor,
-                currency_code=offer.currency_code,
-                bonus_points=offer.bonus_points,
-                sku=offer.sku,
-                min_order_minor=offer.min_order_minor,
-                uses_per_member=offer.uses_per_member,
-                total_uses=offer.total_uses,
-                uses=offer.uses,
-                state=offer.state.value,
-                start_time=offer.start_time,
-                end_time=offer.end_time,
-                create_time=offer.create_time,
-            )
+            self.insert_ignoring_conflicts(c).returning(c.c.code), rows
         )
-        if not result.rowcount:
-            return False
-        await self.add_event(program_id, offer, OfferState.ISSUED, offer.create_time)
-        return True
+        return {r.code for r in result}
+
+    async def release_codes(self, program_id: str, claims: Iterable[tuple[str, str]]) -> None:
+        """Free codes, given as (code, offer id), claimed for offers that were not issued."""
+        c = t.offer_codes
+        rows = [{"p": program_id, "c": code, "o": offer_id} for code, offer_id in claims]
+        if rows:
+            await self.conn.execute(
+                c.delete().where(
+                    c.c.program_id == sa.bindparam("p"),
+                    c.c.code == sa.bindparam("c"),
+                    c.c.offer_id == sa.bindparam("o"),
+                ),
+                rows,
+            )
+
+    async def add_many(self, program_id: str, offers: Sequence[Offer]) -> set[str]:
+        """Insert offers and their ISSUED events; the ids inserted (a taken period is skipped)."""
+        if not offers:
+            return set()
+        o = t.offers
+        rows = await self.conn.execute(
+            self.insert_ignoring_conflicts(o).returning(o.c.offer_id),
+            [_offer_values(program_id, offer) for offer in offers],
+        )
+        inserted = {r.offer_id for r in rows}
+        if inserted:
+            # A new offer has no events yet: its ISSUED event is the first.
+            await self.conn.execute(
+                t.offer_events.insert(),
+                [
+                    {
+                        "program_id": program_id,
+                        "member_id": offer.member_id,
+                        "offer_id": offer.offer_id,
+                        "seq": 1,
+                        "state": OfferState.ISSUED.value,
+                        "event_time": offer.create_time,
+                        "order_id": "",
+                        "discount_minor": 0,
+                    }
+                    for offer in offers
+                    if offer.offer_id in inserted
+                ],
+            )
+        return inserted
 
     async def add_event(
         self,

@@ -1172,6 +1172,12 @@ class IdempotencyRepository(_Repository):
         )
         if result.rowcount:
             return None
+        stored = await self.get(program_id, member_id, request_id)
+        assert stored is not None  # the conflicting row the insert met
+        return stored
+
+    async def get(self, program_id: str, member_id: str, request_id: str) -> StoredRequest | None:
+        """What was stored for a request id, without claiming it; None if it is new."""
         k = t.idempotency_keys
         row = (
             await self.conn.execute(
@@ -1181,8 +1187,8 @@ class IdempotencyRepository(_Repository):
                     k.c.request_id == request_id,
                 )
             )
-        ).one()
-        return StoredRequest(row.method, row.fingerprint, row.response)
+        ).first()
+        return StoredRequest(row.method, row.fingerprint, row.response) if row else None
 
     async def complete(
         self, program_id: str, member_id: str, request_id: str, response: bytes

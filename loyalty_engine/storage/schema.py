@@ -450,13 +450,18 @@ RANKED_SCORE_COLUMNS = tuple(
     for metric in ("spend", "orders", "points", "aov")
     for window in ("90d", "12m", "all")
 )
+# Members rank when their value is above this. Written into the SQL as a literal, so that
+# the planner can prove the partial ranking indexes (`WHERE column > 0`) apply, also to a
+# prepared statement's generic plan.
+RANKS: sa.ColumnClause[Any] = sa.literal_column("0")
+
 for _column in RANKED_SCORE_COLUMNS:
     sa.Index(
         f"ix_member_scores_{_column}",
         member_scores.c.program_id,
         member_scores.c[_column],
-        postgresql_where=member_scores.c[_column] > 0,
-        sqlite_where=member_scores.c[_column] > 0,
+        postgresql_where=member_scores.c[_column] > RANKS,
+        sqlite_where=member_scores.c[_column] > RANKS,
     )
 
 segment_refreshes = sa.Table(

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
@@ -10,8 +11,9 @@ import sqlalchemy as sa
 
 from loyalty_engine.domain.segments import SEGMENTS
 from loyalty_engine.storage import schema as t
+from loyalty_engine.storage.offers import spanning
 from loyalty_engine.storage.repositories import _Repository
-from loyalty_engine.storage.schema import UtcDateTime
+from loyalty_engine.storage.schema import RANKS, UtcDateTime
 
 
 def _segment_case() -> str:
@@ -144,12 +146,6 @@ WINDOW_COLUMNS = {
     ("aov", "12m"): "aov_12m",
     ("aov", "all"): "aov_all",
 }
-
-
-# Members rank when their value is above this. Written into the SQL as a literal, so that
-# the planner can prove the partial ranking indexes (`WHERE column > 0`) apply, also to a
-# prepared statement's generic plan.
-RANKS: sa.ColumnClause[Any] = sa.literal_column("0")
 
 
 @dataclass(frozen=True)
@@ -290,33 +286,49 @@ class SegmentRepository(_Repository):
         self, program_id: str, member_id: str, since: datetime
     ) -> tuple[int, int]:
         """Net spend and orders (net of full returns) of a member since a time, live."""
+        return (await self.window_stats_of(program_id, [member_id], since)).get(member_id, (0, 0))
+
+    async def window_stats_of(
+        self, program_id: str, member_ids: Sequence[str], since: datetime
+    ) -> dict[str, tuple[int, int]]:
+        """Net spend and orders since a time of each of some members, live, in one pass.
+
+        Members without purchases since then are left out (their statistics are zero).
+        """
+        if not member_ids:
+            return {}
         p = t.purchases
-        row = (
-            await self.conn.execute(
-                sa.select(
-                    sa.func.coalesce(sa.func.sum(p.c.total_minor - p.c.returned_minor), 0),
-                    sa.func.coalesce(
-                        sa.func.sum(
-                            sa.case(
-                                (
-                                    sa.or_(
-                                        p.c.returned_minor < p.c.total_minor, p.c.total_minor == 0
-                                    ),
-                                    1,
-                                ),
-                                else_=0,
-                            )
-                        ),
-                        0,
-                    ),
-                ).where(
-                    p.c.program_id == program_id,
-                    p.c.member_id == member_id,
-                    p.c.purchase_time > since,
-                )
+        kept = sa.or_(p.c.returned_minor < p.c.total_minor, p.c.total_minor == 0)
+        rows = await self.conn.execute(
+            sa.select(
+                p.c.member_id,
+                sa.func.sum(p.c.total_minor - p.c.returned_minor),
+                sa.func.sum(sa.case((kept, 1), else_=0)),
             )
-        ).one()
-        return int(row[0]), int(row[1])
+            .where(
+                p.c.program_id == program_id,
+                spanning(p.c.member_id, member_ids),
+                p.c.purchase_time > since,
+            )
+            .group_by(p.c.member_id)
+        )
+        wanted = set(member_ids)
+        return {r[0]: (int(r[1] or 0), int(r[2] or 0)) for r in rows if r[0] in wanted}
+
+    async def scores_of(
+        self, program_id: str, member_ids: Sequence[str]
+    ) -> dict[str, tuple[Scores, int]]:
+        """The scores and scored 12-month spend of each of some members that has them."""
+        if not member_ids:
+            return {}
+        s, r = t.member_scores, t.segment_refreshes
+        rows = await self.conn.execute(
+            sa.select(*_score_columns(), s.c.spend_12m)
+            .select_from(s.join(r, r.c.program_id == s.c.program_id))
+            .where(s.c.program_id == program_id, spanning(s.c.member_id, member_ids))
+        )
+        wanted = set(member_ids)
+        return {r.member_id: (_scores(r), int(r.spend_12m)) for r in rows if r.member_id in wanted}
 
     async def categories(self, program_id: str, member_id: str) -> list[str]:
         """Categories the member bought."""

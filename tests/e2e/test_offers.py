@@ -196,3 +196,27 @@ async def test_reload_rules_refuses_a_bad_set(scenario, client, app, tmp_path, e
         app.rules.directory = directory
     assert (code, reason) == (grpc.StatusCode.INVALID_ARGUMENT, "INVALID_RULE_SET")
     assert app.rules.rules is before
+
+
+async def test_run_rules_for_a_program_replays_its_first_response(scenario, clock, errors) -> None:
+    program = await scenario.program(latePurchaseWindowDays=3650)
+    born = (clock.now + timedelta(days=2)).date()
+    member = await scenario.member(
+        program, birthDate={"year": 1990, "month": born.month, "day": born.day}
+    )
+    stub = _offers(scenario)
+    request = op.RunRulesRequest(request_id=uid("r"), program=f"programs/{program}")
+    first = await stub.RunRules(request)
+    assert [(a.member, a.action) for a in first.actions] == [(member, "ISSUE_OFFER birthday")]
+    assert first.actions[0].offer
+    # The same request id answers what the first run did (a new run would do nothing).
+    assert await stub.RunRules(request) == first
+    assert not (
+        await stub.RunRules(op.RunRulesRequest(request_id=uid("r"), program=f"programs/{program}"))
+    ).actions
+    request.member = member  # the same id for another request
+    code, reason, _ = await errors(stub.RunRules(request))
+    assert (code, reason) == (grpc.StatusCode.INVALID_ARGUMENT, "REQUEST_ID_REUSED")
+    request.segment = f"programs/{program}/segments/champions"  # a page-by-page run again
+    code, reason, _ = await errors(stub.RunRules(request))
+    assert (code, reason) == (grpc.StatusCode.INVALID_ARGUMENT, "REQUEST_ID_REUSED")

@@ -11,7 +11,7 @@ import grpc
 from loyalty_engine.api.converters import offers as conv
 from loyalty_engine.api.converters.common import decode_page_token, encode_page_token, require_field
 from loyalty_engine.api.errors import grpc_method
-from loyalty_engine.api.transactions import exactly_once, in_transaction
+from loyalty_engine.api.transactions import exactly_once, in_transaction, replay
 from loyalty_engine.bootstrap import App
 from loyalty_engine.domain.errors import InvalidArgument
 from loyalty_engine.domain.names import parse_child, parse_member, parse_program
@@ -19,6 +19,7 @@ from loyalty_engine.gen.loyalty.v1 import offer_service_pb2 as pb
 from loyalty_engine.gen.loyalty.v1 import offer_service_pb2_grpc as pb_grpc
 from loyalty_engine.services import offers as svc
 from loyalty_engine.services.paging import page_size
+from loyalty_engine.storage.unit_of_work import UnitOfWork
 
 Ctx: TypeAlias = grpc.aio.ServicerContext[Any, Any]
 
@@ -182,37 +183,77 @@ class OfferServicer(pb_grpc.OfferServiceServicer):
             _same_program(program_id, segment.program_id, "segment")
             segment_id = segment.resource_id
         now = self.app.clock()
-        work = partial(
-            svc.run_rules,
-            rules=self.app.rules.rules,
-            program_id=program_id,
-            now=now,
-            member_id=member_id,
-            segment_id=segment_id,
-            dry_run=request.dry_run,
-        )
+        rules = self.app.rules.rules
 
         def encode(report: svc.RunReport) -> pb.RunRulesResponse:
+            # `actions` is the report's sample: the first OUTCOME_SAMPLE actions in member
+            # order (all of them for a member or a small program), so that the response of
+            # a million-member run stays far below the message size limit.
             return pb.RunRulesResponse(
                 members_evaluated=report.members_evaluated,
-                actions=[conv.outcome_to_proto(program_id, o) for o in report.outcomes or []],
+                actions=[conv.outcome_to_proto(program_id, o) for o in report.outcomes],
             )
 
-        if request.dry_run:
-            # Never committed: a dry run changes nothing, not even the request id's record.
-            return encode(await in_transaction(self.app, lambda uow: work(uow), read_only=False))
-        return await exactly_once(
+        def count(report: svc.RunReport) -> None:
+            self.app.telemetry.offers_issued.inc(report.offers_issued)
+
+        once = partial(
+            exactly_once,
             self.app,
             method="RunRules",
             request=request,
             request_id=request.request_id,
             program_id=program_id,
             member_id="",
-            work=lambda uow: work(uow),
             encode=encode,
             response_type=pb.RunRulesResponse,
-            on_commit=lambda report: self.app.telemetry.offers_issued.inc(len(report.offers or [])),
+            on_commit=count,
         )
+        if member_id is not None:
+            for_member = partial(
+                svc.run_rules_for_member,
+                rules=rules,
+                program_id=program_id,
+                member_id=member_id,
+                now=now,
+                dry_run=request.dry_run,
+            )
+            if request.dry_run:
+                # Never committed: a dry run changes nothing, not even the request id's record.
+                return encode(
+                    await in_transaction(self.app, lambda uow: for_member(uow), read_only=False)
+                )
+            return await once(work=lambda uow: for_member(uow))
+        # A segment or the whole program: a transaction per page of members, so the request
+        # id cannot share one with the effects. Looked up first, recorded after: a retry
+        # after a failure part way runs again, which issues nothing twice.
+        if not request.dry_run:
+            stored = await replay(
+                self.app,
+                method="RunRules",
+                request=request,
+                request_id=request.request_id,
+                program_id=program_id,
+                member_id="",
+                response_type=pb.RunRulesResponse,
+            )
+            if stored is not None:
+                return stored
+        report = await svc.run_rules(
+            self.app.db.unit_of_work,
+            rules,
+            program_id,
+            now,
+            segment_id=segment_id,
+            dry_run=request.dry_run,
+        )
+        if request.dry_run:
+            return encode(report)
+
+        async def done(_uow: UnitOfWork) -> svc.RunReport:
+            return report
+
+        return await once(work=done)
 
     @grpc_method
     async def ReloadRules(
