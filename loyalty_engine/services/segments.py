@@ -122,18 +122,23 @@ async def top_customers(
     top_n: int | None = None,
     top_percent_bp: int | None = None,
     now: datetime,
-) -> list[TopCustomer]:
+    refresh_missing: bool = True,
+) -> list[TopCustomer] | None:
     """The best customers by a metric over a window, as of the last segment refresh.
 
     Both the top N and the top X percent (of members with a positive value in the window)
     include everyone tied with the last one in, so a cut never splits equal customers.
+    A program never refreshed is refreshed first; with `refresh_missing` false the answer
+    is then None instead (for a read-only transaction, which the caller retries writable).
     """
     if metric not in METRICS:
         raise InvalidArgument.for_field("metric", f"must be one of {', '.join(METRICS)}")
     if window not in WINDOWS:
         raise InvalidArgument.for_field("window", f"must be one of {', '.join(WINDOWS)}")
-    await get_program(uow, program_id)
+    await load_program(uow, program_id)
     if await uow.segments.last_refresh(program_id) is None:
+        if not refresh_missing:
+            return None
         await refresh_segments(uow, program_id, now)
     if top_n is not None:
         if not 1 <= top_n <= MAX_TOP_N:

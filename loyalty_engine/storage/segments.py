@@ -219,20 +219,33 @@ class SegmentRepository(_Repository):
     async def segment_members(
         self, program_id: str, segment_id: str, after_id: str, limit: int
     ) -> list[SegmentMember]:
-        """A batch of a segment's members by id (keyset paging for streaming exports)."""
+        """A batch of a segment's members by id (keyset paging for streaming exports).
+
+        The page is cut from the segment's index first and only then joined to the members,
+        one key lookup each: joined the other way round, PostgreSQL walked the program's
+        members from the first to reach each page, so an export took quadratic time.
+        """
         s, m, r = t.member_scores, t.members, t.segment_refreshes
-        rows = await self.conn.execute(
-            sa.select(*_score_columns(), m.c.external_id)
-            .select_from(
-                s.join(
-                    m, sa.and_(m.c.program_id == s.c.program_id, m.c.member_id == s.c.member_id)
-                ).join(r, r.c.program_id == s.c.program_id)
-            )
+        page = (
+            sa.select(s.c.member_id, s.c.recency, s.c.frequency, s.c.monetary, s.c.segment_id)
             .where(
                 s.c.program_id == program_id, s.c.segment_id == segment_id, s.c.member_id > after_id
             )
             .order_by(s.c.member_id)
             .limit(limit)
+            .subquery()
+        )
+        refreshed = (
+            sa.select(r.c.compute_time).where(r.c.program_id == program_id).scalar_subquery()
+        )
+        rows = await self.conn.execute(
+            sa.select(page, refreshed.label("compute_time"), m.c.external_id)
+            .select_from(
+                page.join(
+                    m, sa.and_(m.c.program_id == program_id, m.c.member_id == page.c.member_id)
+                )
+            )
+            .order_by(page.c.member_id)
         )
         return [SegmentMember(r.member_id, r.external_id, _scores(r)) for r in rows]
 
@@ -254,21 +267,25 @@ class SegmentRepository(_Repository):
         """Members by a metric in a window, best first: the top `limit` and ties with the last."""
         s = t.member_scores
         value = s.c[WINDOW_COLUMNS[(metric, window)]]
-        base = sa.select(s.c.member_id, value.label("value")).where(
-            s.c.program_id == program_id, value > RANKS
-        )
+        # One statement, two short walks down the ranking's index: the value of the
+        # `limit`th member (the cut; none when fewer rank), then everyone at or above it.
         cut = (
-            await self.conn.execute(
-                sa.select(value)
-                .where(s.c.program_id == program_id, value > RANKS)
-                .order_by(value.desc())
-                .offset(limit - 1)
-                .limit(1)
+            sa.select(value)
+            .where(s.c.program_id == program_id, value > RANKS)
+            .order_by(value.desc())
+            .offset(limit - 1)
+            .limit(1)
+            .scalar_subquery()
+        )
+        rows = await self.conn.execute(
+            sa.select(s.c.member_id, value.label("value"))
+            .where(
+                s.c.program_id == program_id,
+                value > RANKS,
+                value >= sa.func.coalesce(cut, RANKS),
             )
-        ).first()
-        if cut is not None:
-            base = base.where(value >= cut[0])
-        rows = await self.conn.execute(base.order_by(value.desc(), s.c.member_id))
+            .order_by(value.desc(), s.c.member_id)
+        )
         return [(r.member_id, int(r.value)) for r in rows]
 
     async def members_with_value(self, program_id: str, metric: str, window: str) -> int:

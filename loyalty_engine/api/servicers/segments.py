@@ -119,21 +119,23 @@ class SegmentServicer(pb_grpc.SegmentServiceServicer):
         limit = request.WhichOneof("limit")
         if limit is None:
             raise InvalidArgument.for_field("limit", "set top_n or top_percent_basis_points")
-        top = await in_transaction(
-            self.app,
-            lambda uow: svc.top_customers(
-                uow,
-                program_id,
-                conv.METRIC[request.metric],
-                conv.WINDOW[request.window],
-                top_n=request.top_n if limit == "top_n" else None,
-                top_percent_bp=request.top_percent_basis_points
-                if limit == "top_percent_basis_points"
-                else None,
-                now=self.app.clock(),
-            ),
-            commit=True,
+        top_customers = partial(
+            svc.top_customers,
+            program_id=program_id,
+            metric=conv.METRIC[request.metric],
+            window=conv.WINDOW[request.window],
+            top_n=request.top_n if limit == "top_n" else None,
+            top_percent_bp=request.top_percent_basis_points
+            if limit == "top_percent_basis_points"
+            else None,
+            now=self.app.clock(),
         )
+        # A read-only transaction, unless the program was never scored: then the first
+        # call computes the scores and commits them.
+        top = await in_transaction(self.app, lambda uow: top_customers(uow, refresh_missing=False))
+        if top is None:
+            top = await in_transaction(self.app, lambda uow: top_customers(uow), commit=True)
+        assert top is not None  # a refreshed program always has an answer, if an empty one
         return pb.ListTopCustomersResponse(
             customers=[
                 pb.TopCustomer(
