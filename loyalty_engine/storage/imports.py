@@ -57,13 +57,15 @@ class ImportRepository(_Repository):
         return raw.driver_connection
 
     async def analyze(self) -> None:
-        """Refresh the planner's statistics of the tables an import looks members up in.
+        """Refresh the planner's statistics of the member tables an import fills.
 
         A program's first import grows these tables from nothing faster than autovacuum
         analyzes them, and a plan made for an empty table turns the batch lookups into scans.
         """
         if self.dialect == "postgresql":
-            await (await self._driver()).execute("ANALYZE member_identifiers, member_accounts")
+            await (await self._driver()).execute(
+                "ANALYZE member_identifiers, member_accounts, members"
+            )
 
     async def external_ids(self, program_id: str, external_ids: Sequence[str]) -> dict[str, str]:
         """Member ids of the given external ids (those that exist)."""

@@ -221,9 +221,9 @@ class SegmentRepository(_Repository):
     ) -> list[SegmentMember]:
         """A batch of a segment's members by id (keyset paging for streaming exports).
 
-        The page is cut from the segment's index first and only then joined to the members,
-        one key lookup each: joined the other way round, PostgreSQL walked the program's
-        members from the first to reach each page, so an export took quadratic time.
+        The page is cut from the segment's index first and only then meets the members, one
+        key lookup each: joined the other way round, PostgreSQL walked the program's members
+        from the first to reach each page, so an export took quadratic time.
         """
         s, m, r = t.member_scores, t.members, t.segment_refreshes
         page = (
@@ -238,14 +238,18 @@ class SegmentRepository(_Repository):
         refreshed = (
             sa.select(r.c.compute_time).where(r.c.program_id == program_id).scalar_subquery()
         )
+        # A key lookup per member, as a subquery, whatever the planner believes of the
+        # members table: right after a bulk import its statistics can say "200 rows" of a
+        # million, and a join planned on that sorted all of them for every page.
+        external_id = (
+            sa.select(m.c.external_id)
+            .where(m.c.program_id == program_id, m.c.member_id == page.c.member_id)
+            .scalar_subquery()
+        )
         rows = await self.conn.execute(
-            sa.select(page, refreshed.label("compute_time"), m.c.external_id)
-            .select_from(
-                page.join(
-                    m, sa.and_(m.c.program_id == program_id, m.c.member_id == page.c.member_id)
-                )
-            )
-            .order_by(page.c.member_id)
+            sa.select(
+                page, refreshed.label("compute_time"), external_id.label("external_id")
+            ).order_by(page.c.member_id)
         )
         return [SegmentMember(r.member_id, r.external_id, _scores(r)) for r in rows]
 
@@ -267,25 +271,24 @@ class SegmentRepository(_Repository):
         """Members by a metric in a window, best first: the top `limit` and ties with the last."""
         s = t.member_scores
         value = s.c[WINDOW_COLUMNS[(metric, window)]]
-        # One statement, two short walks down the ranking's index: the value of the
-        # `limit`th member (the cut; none when fewer rank), then everyone at or above it.
+        # The value of the `limit`th member (the cut), then everyone at or above it: two short
+        # walks down the ranking's index. (As one statement with the cut as a subquery, it
+        # measured about 2 ms slower at 1M members.)
         cut = (
-            sa.select(value)
-            .where(s.c.program_id == program_id, value > RANKS)
-            .order_by(value.desc())
-            .offset(limit - 1)
-            .limit(1)
-            .scalar_subquery()
-        )
-        rows = await self.conn.execute(
-            sa.select(s.c.member_id, value.label("value"))
-            .where(
-                s.c.program_id == program_id,
-                value > RANKS,
-                value >= sa.func.coalesce(cut, RANKS),
+            await self.conn.execute(
+                sa.select(value)
+                .where(s.c.program_id == program_id, value > RANKS)
+                .order_by(value.desc())
+                .offset(limit - 1)
+                .limit(1)
             )
-            .order_by(value.desc(), s.c.member_id)
+        ).first()
+        query = sa.select(s.c.member_id, value.label("value")).where(
+            s.c.program_id == program_id, value > RANKS
         )
+        if cut is not None:
+            query = query.where(value >= cut[0])
+        rows = await self.conn.execute(query.order_by(value.desc(), s.c.member_id))
         return [(r.member_id, int(r.value)) for r in rows]
 
     async def members_with_value(self, program_id: str, metric: str, window: str) -> int:
