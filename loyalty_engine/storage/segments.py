@@ -101,7 +101,7 @@ SELECT :program_id AS program_id, member_id, r AS recency, f AS frequency, m AS 
     CASE WHEN orders_all > 0 THEN spend_all / orders_all ELSE 0 END AS aov_all
 FROM scored
 """
-_COLUMNS = ("program_id", "member_id", *_SCORED[:4], *_SCORED[4:13], "compute_time", *_SCORED[13:])
+_COLUMNS = ("program_id", "member_id", *_SCORED, "compute_time")
 _CHANGED = " OR ".join(f"s.{c} <> n.{c}" for c in _SCORED)
 
 # PostgreSQL: MERGE joins the new scores to the stored ones in one hash join.
@@ -118,7 +118,7 @@ WHEN NOT MATCHED THEN
 # SQLite (no MERGE): the same as an upsert.
 _REFRESH_UPSERT = f"""
 INSERT INTO member_scores ({", ".join(_COLUMNS)})
-SELECT * FROM ({_SCORES}) AS n WHERE true
+SELECT {", ".join(f"n.{c}" for c in _COLUMNS)} FROM ({_SCORES}) AS n WHERE true
 ON CONFLICT (program_id, member_id) DO UPDATE SET
     {", ".join(f"{c} = excluded.{c}" for c in _SCORED)}, compute_time = excluded.compute_time
 WHERE {" OR ".join(f"member_scores.{c} <> excluded.{c}" for c in _SCORED)}
