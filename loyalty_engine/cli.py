@@ -377,12 +377,7 @@ async def _import(settings: Settings, args: argparse.Namespace, handle: TextIO) 
     import time
 
     from loyalty_engine.csv_io import read_purchases
-    from loyalty_engine.services.imports import (
-        ImportReport,
-        ImportRow,
-        import_batch,
-        refresh_statistics_before,
-    )
+    from loyalty_engine.services.imports import ImportReport, ImportRow, import_batch
     from loyalty_engine.services.programs import load_program
 
     app = build_app(settings)
@@ -408,8 +403,7 @@ async def _import(settings: Settings, args: argparse.Namespace, handle: TextIO) 
         batches += 1
         async with app.db.unit_of_work() as uow:
             program = await load_program(uow, args.program)
-            analyze = refresh_statistics_before(batches)
-            report.merge(await import_batch(uow, program, batch, app.clock(), analyze=analyze))
+            report.merge(await import_batch(uow, program, batch, app.clock(), batch_number=batches))
             await uow.commit()
 
     items = read_purchases(handle, args.award_points)

@@ -90,14 +90,14 @@ async def import_batch(
     rows: Sequence[ImportRow],
     now: datetime,
     *,
-    analyze: bool = False,
+    batch_number: int = 1,
 ) -> ImportReport:
-    """Store a batch of historical purchases; the caller commits.
+    """Store the `batch_number`th batch (from 1) of an import; the caller commits.
 
-    `analyze` first refreshes the planner's statistics (see `refresh_statistics_before`).
+    Some batches first refresh the planner's statistics (see `refresh_statistics_before`).
     """
     report = ImportReport()
-    if analyze:
+    if refresh_statistics_before(batch_number):
         await uow.imports.analyze()
     valid: list[ImportRow] = []
     seen_orders: set[str] = set()

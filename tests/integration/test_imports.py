@@ -15,10 +15,10 @@ from loyalty_engine.storage import schema as t
 from tests.conftest import uid
 
 
-async def _import(app: Any, program_id: str, rows: list[ImportRow], analyze: bool = False) -> Any:
+async def _import(app: Any, program_id: str, rows: list[ImportRow], batch_number: int = 1) -> Any:
     async with app.db.unit_of_work() as uow:
         program = await load_program(uow, program_id)
-        report = await import_batch(uow, program, rows, app.clock(), analyze=analyze)
+        report = await import_batch(uow, program, rows, app.clock(), batch_number=batch_number)
         await uow.commit()
     return report
 
@@ -61,7 +61,7 @@ async def test_batches_enroll_or_find_members_skip_duplicates_and_fold_statistic
     ]
 
     one = await _import(app, program, first)
-    two = await _import(app, program, second, analyze=True)
+    two = await _import(app, program, second, batch_number=2)  # analyzes first
 
     assert (one.imported, one.duplicates, one.error_count) == (4, 1, 3)
     assert sorted((row, reason) for row, reason, _ in one.errors) == [

@@ -26,12 +26,7 @@ from loyalty_engine.domain.names import parse_member, parse_program
 from loyalty_engine.gen.loyalty.v1 import points_service_pb2 as pb
 from loyalty_engine.gen.loyalty.v1 import points_service_pb2_grpc as pb_grpc
 from loyalty_engine.services import points as svc
-from loyalty_engine.services.imports import (
-    ImportReport,
-    ImportRow,
-    import_batch,
-    refresh_statistics_before,
-)
+from loyalty_engine.services.imports import ImportReport, ImportRow, import_batch
 from loyalty_engine.services.maintenance import run_maintenance
 from loyalty_engine.services.offers import rules_after_purchase
 from loyalty_engine.services.paging import page_size
@@ -296,7 +291,6 @@ class PointsServicer(pb_grpc.PointsServiceServicer):
 
         async def work(uow: Any) -> ImportReport:
             program = await load_program(uow, program_id)
-            analyze = refresh_statistics_before(number)
-            return await import_batch(uow, program, batch, now, analyze=analyze)
+            return await import_batch(uow, program, batch, now, batch_number=number)
 
         return await in_transaction(self.app, work, commit=True)
