@@ -19,6 +19,7 @@ from collections.abc import AsyncIterator, Callable, Sequence
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
+from functools import partial
 
 from loyalty_engine.domain.calendar import add_months
 from loyalty_engine.domain.errors import Aborted, FailedPrecondition, NotFound
@@ -466,33 +467,32 @@ async def run_rules(
     async with unit_of_work() as uow:
         program = await load_program(uow, program_id)
         scored = await uow.segments.last_refresh(program_id) is not None
+        if not scored:
+            await refresh_segments(uow, program_id, now)
+        ranking = Ranking.of(await uow.offers.spend_distribution(program_id))
+        walk = partial(
+            _walk,
+            report=report,
+            program=program,
+            rules=rules,
+            now=now,
+            trigger=trigger,
+            segment_id=segment_id,
+            dry_run=dry_run,
+            ranking=ranking,
+            page_size=page_size,
+        )
         if not scored and dry_run:
             # The scores the rules need were never computed, and a dry run may not write
-            # them: compute them in one transaction that is rolled back, and run every page
-            # in it (a program's first run only; the daily pass refreshes the scores).
-            await refresh_segments(uow, program_id, now)
-            ranking = Ranking.of(await uow.offers.spend_distribution(program_id))
+            # them: they were computed in this transaction, which is rolled back, so every
+            # page runs in it (a program's first run only; the daily pass refreshes scores).
 
             @asynccontextmanager
             async def same_transaction() -> AsyncIterator[UnitOfWork]:
                 yield uow
 
-            await _walk(
-                same_transaction,
-                report,
-                program,
-                rules,
-                now,
-                trigger,
-                segment_id,
-                dry_run=True,
-                ranking=ranking,
-                page_size=page_size,
-            )
+            await walk(same_transaction)
             return report
-        if not scored:
-            await refresh_segments(uow, program_id, now)
-        ranking = Ranking.of(await uow.offers.spend_distribution(program_id))
         if not scored:
             await uow.commit()
 
@@ -503,18 +503,7 @@ async def run_rules(
             if not dry_run:
                 await page_uow.commit()
 
-    await _walk(
-        own_transaction,
-        report,
-        program,
-        rules,
-        now,
-        trigger,
-        segment_id,
-        dry_run=dry_run,
-        ranking=ranking,
-        page_size=page_size,
-    )
+    await walk(own_transaction)
     return report
 
 
