@@ -36,7 +36,12 @@ class App:
 
 def build_app(settings: Settings, clock: Callable[[], datetime] = system_clock) -> App:
     """Build the application's dependencies; nothing here runs at import time."""
-    db = Database(settings.database_url, pool_size=settings.db_pool_size)
+    db = Database(
+        settings.database_url,
+        pool_size=settings.db_pool_size,
+        group_commit=settings.group_commit,
+        group_commit_max_batch=settings.group_commit_max_batch,
+    )
     return App(
         settings=settings,
         db=db,

@@ -41,6 +41,10 @@ class Settings(BaseSettings):
     max_concurrent_rpcs: int = Field(default=1000, ge=1, le=1_000_000)
     metrics_address: str = Field(default="", description="host:port for /metrics; empty = off")
     workers: int = Field(default=1, ge=1, le=64)
+    group_commit: bool = Field(
+        default=True, description="concurrent writes on members share one transaction and COMMIT"
+    )
+    group_commit_max_batch: int = Field(default=64, ge=1, le=1000)
     log_format: str = Field(default="json")
     rules_dir: str = Field(default="rules", description="directory of the rule files (YAML)")
 

@@ -19,6 +19,7 @@ from sqlalchemy import exc as sa_exc
 
 from loyalty_engine.bootstrap import App
 from loyalty_engine.domain.errors import Aborted, InvalidArgument
+from loyalty_engine.storage.group_commit import RUN_ALONE
 from loyalty_engine.storage.unit_of_work import UnitOfWork
 
 R = TypeVar("R")
@@ -111,40 +112,61 @@ async def exactly_once(
     encode: Callable[[R], M],
     response_type: type[M],
     on_commit: Callable[[R], None] | None = None,
+    batch: bool | None = None,
 ) -> M:
     """Run `work` once per request id; a repeat returns the first response.
 
     `on_commit` runs once, after the first successful commit (business metrics), never on
-    a replay.
+    a replay. Writes on one member (`member_id` given) and those that ask with `batch` join
+    a group commit when the database has one (`storage.group_commit`): they share a
+    transaction and a COMMIT with concurrent writes, each in a savepoint of its own;
+    program-level writes, rare and some long, always run alone.
     """
     check_request_id(request_id)
     print_ = fingerprint(method, request)
-    for attempt in range(MAX_ATTEMPTS):
+
+    async def attempt(uow: UnitOfWork) -> tuple[M, R | None, bool]:
+        """(response, result, fresh): fresh is False for a replayed response."""
+        stored = await uow.idempotency.claim(
+            program_id, member_id, request_id, method, print_, app.clock()
+        )
+        if stored is not None:
+            if stored.fingerprint != print_ or stored.response is None:
+                raise _reused(stored.method)
+            return response_type.FromString(stored.response), None, False
+        result = await work(uow)
+        response = encode(result)
+        await uow.idempotency.complete(
+            program_id, member_id, request_id, response.SerializeToString()
+        )
+        return response, result, True
+
+    group = app.db.group_commit
+    if group is not None and (bool(member_id) if batch is None else batch):
+        outcome = await group.run((program_id, member_id or request_id), attempt)
+        if outcome is not RUN_ALONE:
+            return _answer(outcome, on_commit)
+    for attempt_no in range(MAX_ATTEMPTS):
         try:
             async with app.db.unit_of_work() as uow:
-                stored = await uow.idempotency.claim(
-                    program_id, member_id, request_id, method, print_, app.clock()
-                )
-                if stored is not None:
-                    if stored.fingerprint != print_ or stored.response is None:
-                        raise _reused(stored.method)
-                    return response_type.FromString(stored.response)
-                result = await work(uow)
-                response = encode(result)
-                await uow.idempotency.complete(
-                    program_id, member_id, request_id, response.SerializeToString()
-                )
-                await uow.commit()
-                if on_commit is not None:
-                    on_commit(result)
-                return response
+                outcome = await attempt(uow)
+                if outcome[2]:
+                    await uow.commit()
+                return _answer(outcome, on_commit)
         except sa_exc.DBAPIError as exc:
-            if not _is_transient_conflict(exc) or attempt == MAX_ATTEMPTS - 1:
+            if not _is_transient_conflict(exc) or attempt_no == MAX_ATTEMPTS - 1:
                 raise
-            await _backoff(attempt)
+            await _backoff(attempt_no)
     raise Aborted(
         "CONCURRENT_UPDATE", "too many concurrent updates; retry with the same request_id"
     )
+
+
+def _answer(outcome: tuple[M, R | None, bool], on_commit: Callable[[R], None] | None) -> M:
+    response, result, fresh = outcome
+    if fresh and on_commit is not None:
+        on_commit(result)  # type: ignore[arg-type]
+    return response
 
 
 async def in_transaction(

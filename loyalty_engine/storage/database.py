@@ -9,6 +9,7 @@ from sqlalchemy import event
 from sqlalchemy.engine import make_url
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 
+from loyalty_engine.storage.group_commit import GroupCommit
 from loyalty_engine.storage.program_cache import ProgramCache
 from loyalty_engine.storage.unit_of_work import UnitOfWork
 
@@ -16,7 +17,15 @@ from loyalty_engine.storage.unit_of_work import UnitOfWork
 class Database:
     """Owns the engine and hands out units of work."""
 
-    def __init__(self, url: str, *, pool_size: int = 10, echo: bool = False) -> None:
+    def __init__(
+        self,
+        url: str,
+        *,
+        pool_size: int = 10,
+        echo: bool = False,
+        group_commit: bool = True,
+        group_commit_max_batch: int = 64,
+    ) -> None:
         parsed = make_url(url)
         self.url = parsed
         self.backend = parsed.get_backend_name()
@@ -30,6 +39,17 @@ class Database:
         self.program_cache = ProgramCache()
         if self.backend == "sqlite":
             _configure_sqlite(self.engine)
+        # SQLite has one writer at a time, so one lane; PostgreSQL overlaps two batches (one
+        # runs its writes while the other waits for its COMMIT to be durable).
+        self.group_commit: GroupCommit | None = (
+            GroupCommit(
+                self,
+                lanes=1 if self.is_sqlite else min(2, pool_size),
+                max_batch=group_commit_max_batch,
+            )
+            if group_commit
+            else None
+        )
 
     @property
     def is_sqlite(self) -> bool:
@@ -54,7 +74,9 @@ class Database:
             await conn.execute(sa.text("SELECT 1"))
 
     async def dispose(self) -> None:
-        """Close every pooled connection."""
+        """Stop group commit and close every pooled connection."""
+        if self.group_commit is not None:
+            await self.group_commit.close()
         await self.engine.dispose()
 
 

@@ -64,6 +64,7 @@ class MemberServicer(pb_grpc.MemberServiceServicer):
             work=lambda uow: svc.enroll_member(uow, member, self.app.clock()),
             encode=lambda m: pb.EnrollMemberResponse(member=conv.member_to_proto(m)),
             response_type=pb.EnrollMemberResponse,
+            batch=True,  # enrollments are many at once on a program's first day
         )
 
     @grpc_method
