@@ -175,17 +175,20 @@ async def in_transaction(
     *,
     commit: bool = False,
     read_only: bool | None = None,
+    autocommit: bool = False,
 ) -> R:
     """Run `work` in one transaction (committed if asked), retrying transient conflicts.
 
     Without `commit` the work is taken to only read, and the transaction says so (no write
     lock on SQLite); work that writes and then throws its writes away (a dry run) passes
-    `read_only=False`.
+    `read_only=False`. Work whose every statement stands alone (one snapshot each is
+    enough, such as a balance read in one statement) passes `autocommit` and saves the
+    BEGIN and ROLLBACK round trips on PostgreSQL.
     """
     for attempt in range(MAX_ATTEMPTS):
         try:
             only_reads = (not commit) if read_only is None else read_only
-            async with app.db.unit_of_work(read_only=only_reads) as uow:
+            async with app.db.unit_of_work(read_only=only_reads, autocommit=autocommit) as uow:
                 result = await work(uow)
                 if commit:
                     await uow.commit()

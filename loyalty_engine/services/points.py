@@ -619,21 +619,31 @@ async def peek_balance(
 ) -> Balance | None:
     """The balance from a plain read, or None when time has work to do (then: get_balance).
 
-    Most balance reads find nothing due, and this path takes no lock and writes nothing.
+    Most balance reads find nothing due, and this path takes no lock, writes nothing, and
+    reads with one statement (so it needs no transaction: see `in_transaction`'s `autocommit`).
     """
     program = await load_program(uow, program_id)
-    account = await uow.accounts.lock(program_id, member_id, for_update=False)
-    if account is None:
+    policy = program.tier_policy
+    found = await uow.accounts.load(
+        program_id,
+        member_id,
+        for_update=False,
+        tier_window=(policy.metric, add_months(now, -policy.window_months), now)
+        if policy.tiers
+        else None,
+    )
+    if found is None:
         await get_member(uow, program_id, member_id)  # the right NOT_FOUND
         raise member_not_found(program_id, member_id)
+    account, value = found
     review = account.tier.review_time
     if (
         account.account.reserved > 0  # a hold may have run out: let the write path record it
         or account.account.has_due(now, program.expiry)
-        or (review is not None and review <= now and bool(program.tier_policy.tiers))
+        or (review is not None and review <= now and bool(policy.tiers))
     ):
         return None
-    return await balance_view(uow, program, account, now)
+    return await balance_view(uow, program, account, now, qualifying_value=value)
 
 
 async def get_balance(uow: UnitOfWork, program_id: str, member_id: str, now: datetime) -> Balance:

@@ -56,16 +56,19 @@ class Database:
         """Whether this is the embedded SQLite store."""
         return self.backend == "sqlite"
 
-    def unit_of_work(self, *, read_only: bool = False) -> UnitOfWork:
+    def unit_of_work(self, *, read_only: bool = False, autocommit: bool = False) -> UnitOfWork:
         """A new unit of work: one connection, one transaction, rolled back unless committed.
 
         `read_only` promises the work only reads; on SQLite it then takes no write lock.
+        `autocommit` promises more: the work reads with statements that each stand alone
+        (one snapshot each is enough), so on PostgreSQL it runs without a transaction.
         """
         return UnitOfWork(
             self.engine,
             dialect=self.backend,
             program_cache=self.program_cache,
             read_only=read_only,
+            autocommit=autocommit,
         )
 
     async def ping(self) -> None:

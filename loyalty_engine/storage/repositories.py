@@ -6,6 +6,7 @@ lazily loaded behind the caller's back and the hot paths stay a few statements l
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -630,6 +631,88 @@ def _entry_from_row(row: Any) -> StoredEntry:
     )
 
 
+def _qualifying_measure(metric: QualifyingMetric) -> sa.ColumnElement[Any]:
+    p = t.purchases
+    if metric is QualifyingMetric.SPEND:
+        return p.c.total_minor - p.c.returned_minor
+    return p.c.points_awarded - p.c.points_reversed
+
+
+_LOT_FIELDS = (
+    "order_id",
+    "earned_time",
+    "available_time",
+    "expires_time",
+    "points",
+    "remaining",
+    "pending",
+)
+
+
+@functools.cache
+def _account_statement(
+    dialect: str, for_update: bool, metric: QualifyingMetric | None
+) -> sa.Select[Any]:
+    """The account with its member's state and, for a metric, the tier metric over
+    (start, end]: built once, bound per call.
+
+    A read also joins the open lots (a row each, or one row of NULLs): one statement is one
+    snapshot. A write locks the account row alone, and `_open_lots` reads the lots in a
+    statement of its own: under READ COMMITTED a statement that waited for the lock would
+    see the locked row as it is now but the joined lots as they were before it waited.
+    """
+    a, m, lots, p = t.member_accounts, t.members, t.points_lots, t.purchases
+    columns: list[Any] = [a, m.c.state]
+    if metric is not None:
+        columns.append(
+            sa.select(sa.func.coalesce(sa.func.sum(_qualifying_measure(metric)), 0))
+            .where(
+                p.c.program_id == a.c.program_id,
+                p.c.member_id == a.c.member_id,
+                p.c.purchase_time > sa.bindparam("start", type_=t.Ts),
+                p.c.purchase_time <= sa.bindparam("end", type_=t.Ts),
+            )
+            .scalar_subquery()
+            .label("qualifying_value")
+        )
+    tables: Any = a.join(
+        m, sa.and_(m.c.program_id == a.c.program_id, m.c.member_id == a.c.member_id)
+    )
+    if not for_update:
+        columns.append(lots.c.lot_id)
+        columns += [lots.c[name].label(f"lot_{name}") for name in _LOT_FIELDS]
+        tables = tables.outerjoin(
+            lots,
+            sa.and_(
+                lots.c.program_id == a.c.program_id,
+                lots.c.member_id == a.c.member_id,
+                lots.c.remaining > 0,
+            ),
+        )
+    stmt = (
+        sa.select(*columns)
+        .select_from(tables)
+        .where(
+            a.c.program_id == sa.bindparam("program_id"),
+            a.c.member_id == sa.bindparam("member_id"),
+        )
+    )
+    # SQLite needs no row lock: BEGIN IMMEDIATE already serializes writers.
+    if for_update and dialect == "postgresql":
+        stmt = stmt.with_for_update(of=a)
+    return stmt
+
+
+_open_lots = sa.select(
+    t.points_lots.c.lot_id,
+    *(t.points_lots.c[name].label(f"lot_{name}") for name in _LOT_FIELDS),
+).where(
+    t.points_lots.c.program_id == sa.bindparam("program_id"),
+    t.points_lots.c.member_id == sa.bindparam("member_id"),
+    t.points_lots.c.remaining > 0,
+)
+
+
 class AccountRepository(_Repository):
     """Accounts, ledger entries, lots, purchases, returns and tier history."""
 
@@ -637,16 +720,40 @@ class AccountRepository(_Repository):
         self, program_id: str, member_id: str, *, for_update: bool = True
     ) -> LockedAccount | None:
         """Load (and lock) a member's account with its open lots; None if there is no member."""
-        row = (await self.conn.execute(self._lock_stmt(program_id, member_id, for_update))).first()
-        if row is None:
-            return None
-        lots = await self.conn.execute(
-            sa.select(t.points_lots).where(
-                t.points_lots.c.program_id == program_id,
-                t.points_lots.c.member_id == member_id,
-                t.points_lots.c.remaining > 0,
+        found = await self.load(program_id, member_id, for_update=for_update)
+        return None if found is None else found[0]
+
+    async def load(
+        self,
+        program_id: str,
+        member_id: str,
+        *,
+        for_update: bool = True,
+        tier_window: tuple[QualifyingMetric, datetime, datetime] | None = None,
+    ) -> tuple[LockedAccount, int | None] | None:
+        """The account with its open lots and, given a tier window, the tier metric over it.
+
+        Without `for_update` this is one statement (one round trip, and one snapshot: a
+        read needs no transaction around it); None if there is no member.
+        """
+        metric, start, end = tier_window or (None, None, None)
+        rows = (
+            await self.conn.execute(
+                _account_statement(self.dialect, for_update, metric),
+                {"program_id": program_id, "member_id": member_id, "start": start, "end": end},
             )
-        )
+        ).all()
+        if not rows:
+            return None
+        row = rows[0]
+        if for_update:
+            lot_rows: Sequence[Any] = (
+                await self.conn.execute(
+                    _open_lots, {"program_id": program_id, "member_id": member_id}
+                )
+            ).all()
+        else:
+            lot_rows = [r for r in rows if r.lot_id is not None]
         account = PointsAccount(
             available=row.available,
             pending=row.pending,
@@ -656,9 +763,21 @@ class AccountRepository(_Repository):
             expired=row.expired,
             reversed=row.reversed,
             last_activity_time=row.last_activity_time,
-            lots=[_lot_from_row(r) for r in lots],
+            lots=[
+                PointsLot(
+                    lot_id=r.lot_id,
+                    order_id=r.lot_order_id,
+                    earned_time=r.lot_earned_time,
+                    available_time=r.lot_available_time,
+                    expires_time=r.lot_expires_time,
+                    points=r.lot_points,
+                    remaining=r.lot_remaining,
+                    pending=r.lot_pending,
+                )
+                for r in lot_rows
+            ],
         )
-        return LockedAccount(
+        locked = LockedAccount(
             program_id=program_id,
             member_id=member_id,
             account=account,
@@ -673,28 +792,7 @@ class AccountRepository(_Repository):
                 row.total_spend_minor,
             ),
         )
-
-    def _lock_stmt(
-        self, program_id: str, member_id: str, for_update: bool = True
-    ) -> sa.Select[Any]:
-        a = t.member_accounts
-        stmt = (
-            sa.select(a, t.members.c.state)
-            .select_from(
-                a.join(
-                    t.members,
-                    sa.and_(
-                        t.members.c.program_id == a.c.program_id,
-                        t.members.c.member_id == a.c.member_id,
-                    ),
-                )
-            )
-            .where(a.c.program_id == program_id, a.c.member_id == member_id)
-        )
-        # SQLite needs no row lock: BEGIN IMMEDIATE already serializes writers.
-        if self.dialect == "postgresql" and for_update:
-            stmt = stmt.with_for_update(of=a)
-        return stmt
+        return locked, None if metric is None else int(row.qualifying_value)
 
     async def save(self, locked: LockedAccount, now: datetime) -> list[StoredEntry]:
         """Persist what the domain operations did: new entries, lots and counters."""
@@ -1042,14 +1140,9 @@ class AccountRepository(_Repository):
     ) -> int:
         """Net spend (minor units) or net points earned from purchases in [start, end]."""
         p = t.purchases
-        measure = (
-            p.c.total_minor - p.c.returned_minor
-            if metric is QualifyingMetric.SPEND
-            else p.c.points_awarded - p.c.points_reversed
-        )
         value = (
             await self.conn.execute(
-                sa.select(sa.func.coalesce(sa.func.sum(measure), 0)).where(
+                sa.select(sa.func.coalesce(sa.func.sum(_qualifying_measure(metric)), 0)).where(
                     p.c.program_id == program_id,
                     p.c.member_id == member_id,
                     p.c.purchase_time > start,

@@ -45,8 +45,12 @@ class UnitOfWork:
         dialect: str,
         program_cache: ProgramCache | None = None,
         read_only: bool = False,
+        autocommit: bool = False,
     ) -> None:
-        self.read_only = read_only
+        self.read_only = read_only or autocommit
+        # Each statement its own transaction, with no BEGIN and ROLLBACK round trips: for
+        # reads of one statement each (PostgreSQL; SQLite reads are local and keep theirs).
+        self.autocommit = autocommit and dialect == "postgresql"
         self._engine = engine
         self.dialect = dialect
         self.program_cache = program_cache or ProgramCache(ttl=0)
@@ -63,7 +67,9 @@ class UnitOfWork:
     async def __aenter__(self) -> UnitOfWork:
         self._conn = await self._engine.connect()
         try:
-            if self.read_only:
+            if self.autocommit:
+                await self._conn.execution_options(isolation_level="AUTOCOMMIT")
+            elif self.read_only:
                 await self._conn.execution_options(loyalty_read_only=True)
             await self._conn.begin()
         except BaseException:

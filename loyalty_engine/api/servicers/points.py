@@ -151,7 +151,9 @@ class PointsServicer(pb_grpc.PointsServiceServicer):
         member = parse_member(request.member)
         now = self.app.clock()
         balance = await in_transaction(
-            self.app, lambda uow: svc.peek_balance(uow, member.program_id, member.member_id, now)
+            self.app,
+            lambda uow: svc.peek_balance(uow, member.program_id, member.member_id, now),
+            autocommit=True,
         )
         if balance is None:  # pending points matured, points expire or a tier review is due
             balance = await in_transaction(
