@@ -144,6 +144,11 @@ def is_database_outage(exc: BaseException) -> bool:
     return False
 
 
+def call_already_ended(exc: BaseException) -> bool:
+    """Whether `exc` is gRPC failing to send on a call that is over (ExecuteBatchError)."""
+    return any(cls.__name__ == "ExecuteBatchError" for cls in type(exc).__mro__)
+
+
 def translate(exc: BaseException) -> de.DomainError | None:
     """The domain error an exception stands for, or None for a bug."""
     if isinstance(exc, de.DomainError):
@@ -220,6 +225,13 @@ class RpcBoundary:
             self.code = "CANCELLED"
             raise
         except Exception as exc:
+            if call_already_ended(exc):
+                # Sending the status failed because the call had ended (its deadline passed
+                # or the client went away): nobody to answer, and not a bug. gRPC ignores
+                # this error for a call the client closed.
+                if self.code == "OK":
+                    self.code = "CANCELLED"
+                raise
             await self.fail(context, exc)
             raise AssertionError("unreachable: abort raises") from exc
         finally:
