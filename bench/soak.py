@@ -104,8 +104,8 @@ LOAD_KINDS = ("redeem", "reserve", "confirm", "cancel")  # request ids `{tag}-{k
 
 HOT_MEMBERS = 8  # members that get redemptions, and a share of the purchases: contention
 HOT_PURCHASE_SHARE = 0.25
-HOT_START_POINTS = 5_000
-REWARD_COST = 150
+HOT_START_POINTS = 2_000
+REWARD_COST = 400
 HOLD_SECONDS = 3600  # no hold expires during a run
 CALL_TIMEOUT = 10.0
 CANCEL_RATE = 0.03  # of attempts (the first few of a request): cancelled after 0-20 ms
