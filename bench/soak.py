@@ -39,6 +39,7 @@ import signal
 import subprocess
 import sys
 import tempfile
+import textwrap
 import time
 from collections import Counter, defaultdict
 from dataclasses import dataclass, field
@@ -957,15 +958,19 @@ def write_markdown(path: Path, block: str) -> None:
         return
     section = (
         "\n## Fault-injection soak\n\n"
-        "`make soak` (`bench/soak.py`) runs the service on a private PostgreSQL cluster under "
-        "a steady purchase and redemption load whose clients retry every error with the same "
-        "request id, while it SIGKILLs and restarts the service, restarts PostgreSQL "
-        "(`pg_ctl restart -m immediate`, a crash, and `-m fast`), cancels calls mid-flight "
-        "and lets 1-10 ms deadlines expire. Afterwards it replays a sample of acknowledged "
-        "requests and checks through SQL and the API that every acknowledged purchase is "
-        "stored exactly once, every request was applied at most once (acknowledged ones "
-        "exactly once), no balance is negative and every balance equals the sum of its "
-        "ledger. An INTERNAL or UNKNOWN answer counts as a discrepancy.\n\n"
+        + textwrap.fill(
+            "`make soak` (`bench/soak.py`) runs the service on a private PostgreSQL cluster under "
+            "a steady purchase and redemption load whose clients retry every error with the same "
+            "request id, while it SIGKILLs and restarts the service, restarts PostgreSQL "
+            "(`pg_ctl restart -m immediate`, a crash, and `-m fast`), cancels calls mid-flight "
+            "and lets 1-10 ms deadlines expire. Afterwards it replays a sample of acknowledged "
+            "requests and checks through SQL and the API that every acknowledged purchase is "
+            "stored exactly once, every request was applied at most once (acknowledged ones "
+            "exactly once), no balance is negative and every balance equals the sum of its "
+            "ledger. An INTERNAL or UNKNOWN answer counts as a discrepancy.",
+            width=90,
+        )
+        + "\n\n"
     )
     path.write_text(text.rstrip("\n") + "\n" + section + marked)
 
@@ -1091,7 +1096,8 @@ async def soak_main(args: argparse.Namespace, argv: list[str]) -> int:
             print("internal errors in the server logs, by method and exception chain:")
             for key, n in internal_logged.most_common():
                 print(f"  {n} x {key}")
-        print(f"server logs in {log_root}")
+        (log_root / "soak.json").write_text(json.dumps(run, indent=2))
+        print(f"server logs and soak.json in {log_root}")
         if args.output is not None:
             write_markdown(args.output, block)
             print(f"updated {args.output}")
