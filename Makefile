@@ -22,7 +22,7 @@ GEN_DEPS ?= $(STAMP)
 BUF_AGAINST ?= .git\#branch=main,subdir=$(PROTO_DIR)
 
 .PHONY: help venv install gen gen-check buf-lint buf-breaking lint pytest test \
-        postgres serve bench bench-segments clean
+        postgres serve bench bench-segments soak clean
 
 help: ## Show this help
 	@grep -hE '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | sort \
@@ -115,6 +115,10 @@ bench: install ## Run the benchmarks
 
 bench-segments: install ## Run the segmentation benchmark (PostgreSQL)
 	$(PY) bench/segments.py
+
+SOAK_ARGS ?=
+soak: install ## Fault-injection soak on a private PostgreSQL (~4 min; SOAK_ARGS=--quick or --seconds N)
+	$(PY) bench/soak.py $(SOAK_ARGS)
 
 clean: ## Remove the venv, caches, node_modules and local databases
 	rm -rf $(VENV) node_modules build dist *.egg-info .pytest_cache .mypy_cache .ruff_cache .hypothesis

@@ -142,12 +142,21 @@ def free_port() -> int:
 
 
 class Service:
-    """`python -m loyalty_engine serve --migrate` on a free port, stopped with SIGTERM."""
+    """`python -m loyalty_engine serve --migrate` on a free port, stopped with SIGTERM.
+
+    `port` pins the port instead (a restarted service comes back where clients expect it).
+    """
 
     def __init__(
-        self, database_url: str, log_dir: Path, *, source: Path = REPO, profile: bool = False
+        self,
+        database_url: str,
+        log_dir: Path,
+        *,
+        source: Path = REPO,
+        profile: bool = False,
+        port: int | None = None,
     ) -> None:
-        self.port = free_port()
+        self.port = port or free_port()
         self.address = f"127.0.0.1:{self.port}"
         self.log_path = log_dir / "server.log"
         env = dict(os.environ)

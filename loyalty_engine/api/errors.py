@@ -100,6 +100,31 @@ def _trailers(status: status_pb2.Status) -> tuple[tuple[str, bytes], ...]:
     return (("grpc-status-details-bin", status.SerializeToString()),)
 
 
+# SQLSTATEs of a server going away or not up yet: connection exceptions (class 08),
+# admin_shutdown and crash_shutdown (57P01, 57P02: a fast or immediate restart), and
+# cannot_connect_now (57P03: starting up, shutting down, in recovery).
+_OUTAGE_SQLSTATES = ("08", "57P01", "57P02", "57P03")
+_OUTAGE_NAMES = {
+    "CannotConnectNowError",
+    "ConnectionDoesNotExistError",
+    "PostgresConnectionError",
+}
+
+
+def _causes(exc: BaseException) -> list[BaseException]:
+    """`exc`, the driver error it wraps (`orig`), and their causes, without cycles."""
+    chain: list[BaseException] = []
+    todo: list[BaseException | None] = [exc]
+    while todo and len(chain) < 10:
+        link = todo.pop(0)
+        if link is None or any(link is seen for seen in chain):
+            continue
+        chain.append(link)
+        orig = getattr(link, "orig", None)
+        todo += [orig if isinstance(orig, BaseException) else None, link.__cause__]
+    return chain
+
+
 def is_database_outage(exc: BaseException) -> bool:
     """Whether an exception means the database could not be reached (worth a retry later)."""
     if isinstance(exc, (ConnectionError, TimeoutError, OSError)):
@@ -108,12 +133,20 @@ def is_database_outage(exc: BaseException) -> bool:
         return True
     if isinstance(exc, (sa_exc.OperationalError, sa_exc.InterfaceError)):
         return True
-    name = type(exc).__name__
-    return name in {
-        "CannotConnectNowError",
-        "ConnectionDoesNotExistError",
-        "PostgresConnectionError",
-    }
+    # SQLAlchemy wraps some driver errors in a plain DBAPIError (asyncpg's
+    # CannotConnectNowError while PostgreSQL starts up or shuts down): look beneath.
+    for link in _causes(exc):
+        if type(link).__name__ in _OUTAGE_NAMES:
+            return True
+        code = getattr(link, "sqlstate", None) or getattr(link, "pgcode", None)
+        if isinstance(code, str) and code.startswith(_OUTAGE_SQLSTATES):
+            return True
+    return False
+
+
+def call_already_ended(exc: BaseException) -> bool:
+    """Whether `exc` is gRPC failing to send on a call that is over (ExecuteBatchError)."""
+    return any(cls.__name__ == "ExecuteBatchError" for cls in type(exc).__mro__)
 
 
 def translate(exc: BaseException) -> de.DomainError | None:
@@ -192,6 +225,13 @@ class RpcBoundary:
             self.code = "CANCELLED"
             raise
         except Exception as exc:
+            if call_already_ended(exc):
+                # Sending the status failed because the call had ended (its deadline passed
+                # or the client went away): nobody to answer, and not a bug. gRPC ignores
+                # this error for a call the client closed.
+                if self.code == "OK":
+                    self.code = "CANCELLED"
+                raise
             await self.fail(context, exc)
             raise AssertionError("unreachable: abort raises") from exc
         finally:
