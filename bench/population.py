@@ -8,15 +8,25 @@ import time
 import grpc
 
 from loyalty_engine.gen.loyalty.v1 import (
+    common_pb2,
     member_service_pb2,
     member_service_pb2_grpc,
+    points_service_pb2,
+    points_service_pb2_grpc,
     program_service_pb2,
     program_service_pb2_grpc,
+    reward_service_pb2,
+    reward_service_pb2_grpc,
 )
 
 PROGRAM_ID = "bench"
 TIERS = (("bronze", 0, 100), ("silver", 500_00, 125), ("gold", 1500_00, 150))
 ENROLL_CONCURRENCY = 32
+REWARD_ID = "bench-voucher"
+# What the bench reward costs: a 5 EUR voucher for 100 points.
+REWARD_COST = 100
+# Progress lines while enrolling a large population (every this many members).
+ENROLL_PROGRESS_EVERY = 10_000
 
 
 Metadata = tuple[tuple[str, str], ...]
@@ -97,8 +107,10 @@ async def enroll_members(
     stub = member_service_pb2_grpc.MemberServiceStub(channel)
     queue = iter(range(count))
     started = time.perf_counter()
+    done = 0
 
     async def worker() -> None:
+        nonlocal done
         for i in queue:
             await stub.EnrollMember(
                 member_service_pb2.EnrollMemberRequest(
@@ -116,6 +128,75 @@ async def enroll_members(
                 timeout=60,
                 metadata=admin,
             )
+            done += 1
+            if done % ENROLL_PROGRESS_EVERY == 0 and count > ENROLL_PROGRESS_EVERY:
+                elapsed = time.perf_counter() - started
+                print(
+                    f"  enrolled {done:,} of {count:,} in {elapsed:.0f}s ({done / elapsed:,.0f}/s)",
+                    flush=True,
+                )
 
     await asyncio.gather(*(worker() for _ in range(ENROLL_CONCURRENCY)))
+    return time.perf_counter() - started
+
+
+async def create_reward(channel: grpc.aio.Channel, run_tag: str, admin: Metadata) -> str | None:
+    """The catalog's bench reward (unlimited stock, no tier, no limit); its name.
+
+    None when this version of the service has no RewardService (UNIMPLEMENTED).
+    """
+    stub = reward_service_pb2_grpc.RewardServiceStub(channel)
+    rp = reward_service_pb2
+    try:
+        reply = await stub.CreateReward(
+            rp.CreateRewardRequest(
+                request_id=f"{run_tag}-reward",
+                parent=f"programs/{PROGRAM_ID}",
+                reward_id=REWARD_ID,
+                reward=rp.Reward(
+                    display_name="5 EUR voucher",
+                    points_cost=REWARD_COST,
+                    kind=rp.REWARD_KIND_FIXED_DISCOUNT,
+                    discount=common_pb2.Money(amount_minor=500, currency_code="EUR"),
+                    unlimited_stock=True,
+                ),
+            ),
+            timeout=60,
+            metadata=admin,
+        )
+    except grpc.aio.AioRpcError as exc:
+        if exc.code() == grpc.StatusCode.UNIMPLEMENTED:
+            return None
+        raise
+    return str(reply.reward.name)
+
+
+async def fund_members(
+    channel: grpc.aio.Channel,
+    members: list[str],
+    points: int,
+    request_prefix: str,
+    admin: Metadata,
+) -> float:
+    """Credit `points` to each member with AdjustPoints (goodwill); the seconds it took."""
+    stub = points_service_pb2_grpc.PointsServiceStub(channel)
+    queue = iter(members)
+    started = time.perf_counter()
+
+    async def worker() -> None:
+        for member in queue:
+            await stub.AdjustPoints(
+                points_service_pb2.AdjustPointsRequest(
+                    request_id=f"{request_prefix}-{member.rsplit('/', 1)[1]}",
+                    member=member,
+                    points=points,
+                    reason=points_service_pb2.ADJUSTMENT_REASON_GOODWILL,
+                    actor="bench",
+                    note="points to redeem in the benchmark",
+                ),
+                timeout=60,
+                metadata=admin,
+            )
+
+    await asyncio.gather(*(worker() for _ in range(min(ENROLL_CONCURRENCY, len(members)))))
     return time.perf_counter() - started

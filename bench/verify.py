@@ -7,6 +7,14 @@ once. The members checked are every member a purchase was sent for in the scenar
 a random sample of the others (which must hold only what earlier checks saw), so every
 purchase sent is checked. A purchase whose call failed may or may not be stored (the server may have
 committed before the error reached the client); those are counted, not flagged.
+
+Redemptions: no balance is negative (available, reserved, nor any entry's running
+balance); every acknowledged redemption is listed once by ListRedemptions, confirmed; the
+member's REDEEM entries are as many as the confirmed redemptions and sum to their points,
+and the balance's `redeemed_points` equals that sum. A RedeemReward that failed other than
+by a business refusal may have been stored: such a redemption is counted, and flagged only
+if there are more of them than failed calls. Refusals (INSUFFICIENT_POINTS) wrote nothing,
+so they need no check beyond these counts.
 """
 
 from __future__ import annotations
@@ -19,13 +27,20 @@ from dataclasses import dataclass, field
 
 import grpc
 
-from loyalty_engine.gen.loyalty.v1 import points_service_pb2, points_service_pb2_grpc
+from loyalty_engine.gen.loyalty.v1 import (
+    points_service_pb2,
+    points_service_pb2_grpc,
+    reward_service_pb2,
+    reward_service_pb2_grpc,
+)
 
 SAMPLE_UNTOUCHED = 200
 PURCHASE_KINDS = (
     points_service_pb2.LEDGER_ENTRY_KIND_EARN,
     points_service_pb2.LEDGER_ENTRY_KIND_PENDING,
 )
+REDEEM_KIND = points_service_pb2.LEDGER_ENTRY_KIND_REDEEM
+CONFIRMED = reward_service_pb2.REDEMPTION_STATE_CONFIRMED
 VERIFY_CONCURRENCY = 16
 
 
@@ -36,6 +51,11 @@ class Verification:
     purchases_acknowledged: int = 0
     purchases_stored: int = 0
     failed_but_stored: int = 0
+    redemptions_acknowledged: int = 0
+    redemptions_stored: int = 0
+    redemption_entries: int = 0
+    redemptions_failed_but_stored: int = 0
+    lowest_balance: int | None = None
     seconds: float = 0.0
     discrepancies: list[str] = field(default_factory=list)
 
@@ -55,9 +75,19 @@ async def verify_ledgers(
     acked: dict[int, set[str]],
     failed: dict[int, set[str]],
     metadata: tuple[tuple[str, str], ...] = (),
+    redeemed: dict[int, set[str]] | None = None,
+    redeem_failed: dict[int, int] | None = None,
 ) -> Verification:
-    """Check the members at `indexes`: balance against ledger, purchases against acks."""
+    """Check the members at `indexes`: balance against ledger, purchases against acks.
+
+    `redeemed` maps a member index to its acknowledged redemptions' names and
+    `redeem_failed` to its count of redemption calls that failed (not refusals); with no
+    redemptions sent, ListRedemptions is not called (older versions may lack it).
+    """
     stub = points_service_pb2_grpc.PointsServiceStub(channel)
+    rewards = reward_service_pb2_grpc.RewardServiceStub(channel)
+    redeemed = redeemed or {}
+    redeem_failed = redeem_failed or {}
     report = Verification()
     started = time.perf_counter()
     todo = iter(indexes)
@@ -113,7 +143,75 @@ async def verify_ledgers(
             problems.append(f"{len(missing)} acknowledged purchases not in the ledger")
         if unknown:
             problems.append(f"{len(unknown)} purchases in the ledger nobody sent: {unknown[:3]}")
+
+        # No balance below zero, now or after any entry.
+        lowest = min([balance.available_points, *(e.balance_after for e in entries)], default=0)
+        if report.lowest_balance is None or lowest < report.lowest_balance:
+            report.lowest_balance = lowest
+        if lowest < 0:
+            problems.append(f"a negative balance: {lowest}")
+        if balance.reserved_points < 0:
+            problems.append(f"negative reserved points: {balance.reserved_points}")
+
+        # Redemptions against the ledger.
+        redeem_entries = [e for e in entries if e.kind == REDEEM_KIND]
+        redeemed_points = -sum(e.points for e in redeem_entries)
+        report.redemption_entries += len(redeem_entries)
+        if balance.redeemed_points != redeemed_points:
+            problems.append(
+                f"redeemed_points {balance.redeemed_points} != REDEEM entries {redeemed_points}"
+            )
+        mine_redeemed = redeemed.get(index, set())
+        may_be_stored = redeem_failed.get(index, 0)
+        report.redemptions_acknowledged += len(mine_redeemed)
+        if mine_redeemed or may_be_stored:
+            listed = await list_redemptions(member)
+            confirmed = [r for r in listed if r.state == CONFIRMED]
+            names = Counter(r.name for r in listed)
+            report.redemptions_stored += len(confirmed)
+            twice = sorted(n for n, c in names.items() if c > 1)
+            not_listed = sorted(mine_redeemed - set(names))
+            not_confirmed = sorted(r.name for r in listed if r.state != CONFIRMED)
+            extra = len(set(names) - mine_redeemed)
+            report.redemptions_failed_but_stored += min(extra, may_be_stored)
+            if twice:
+                problems.append(f"redemptions listed more than once: {twice[:3]}")
+            if not_listed:
+                problems.append(f"{len(not_listed)} acknowledged redemptions not listed")
+            if not_confirmed:
+                problems.append(f"redemptions not confirmed: {not_confirmed[:3]}")
+            if extra > may_be_stored:
+                problems.append(
+                    f"{extra} redemptions nobody got acknowledged, {may_be_stored} calls failed"
+                )
+            if len(redeem_entries) != len(confirmed):
+                problems.append(
+                    f"{len(redeem_entries)} REDEEM entries for {len(confirmed)} redemptions"
+                )
+            if redeemed_points != sum(r.points for r in confirmed):
+                problems.append(
+                    f"REDEEM entries take {redeemed_points} points, the redemptions "
+                    f"{sum(r.points for r in confirmed)}"
+                )
+        elif redeem_entries:
+            problems.append(f"{len(redeem_entries)} REDEEM entries and no redemption sent")
         report.discrepancies.extend(f"{member}: {p}" for p in problems)
+
+    async def list_redemptions(member: str) -> list[reward_service_pb2.Redemption]:
+        listed: list[reward_service_pb2.Redemption] = []
+        token = ""
+        while True:
+            page = await rewards.ListRedemptions(
+                reward_service_pb2.ListRedemptionsRequest(
+                    parent=member, page_size=500, page_token=token
+                ),
+                timeout=60,
+                metadata=metadata,
+            )
+            listed.extend(page.redemptions)
+            token = page.next_page_token
+            if not token:
+                return listed
 
     async def worker() -> None:
         for index in todo:
