@@ -39,10 +39,53 @@ class _Repository:
         self.dialect = dialect
 
     def insert_ignoring_conflicts(self, table: sa.Table) -> Any:
-        """INSERT ... ON CONFLICT DO NOTHING, in the dialect's own words."""
-        if self.dialect == "postgresql":
-            return postgresql.insert(table).on_conflict_do_nothing()
-        return sqlite.insert(table).on_conflict_do_nothing()
+        """INSERT ... ON CONFLICT DO NOTHING, in the dialect's own words (built once)."""
+        return _insert_ignoring_conflicts(self.dialect, table)
+
+
+@functools.cache
+def _insert_ignoring_conflicts(dialect: str, table: sa.Table) -> Any:
+    if dialect == "postgresql":
+        return postgresql.insert(table).on_conflict_do_nothing()
+    return sqlite.insert(table).on_conflict_do_nothing()
+
+
+def _where_key(table: sa.Table, *names: str) -> sa.ColumnElement[bool]:
+    """`name = :k_name AND ...`: a key condition built once, bound per call."""
+    return sa.and_(*(table.c[name] == sa.bindparam(f"k_{name}") for name in names))
+
+
+_ACCOUNT_COUNTERS = (
+    "available",
+    "pending",
+    "reserved",
+    "lifetime_earned",
+    "redeemed",
+    "expired",
+    "reversed",
+    "last_activity_time",
+    "entry_seq",
+    "tier_id",
+    "tier_review_time",
+    "tier_change_seq",
+    "first_purchase_time",
+    "last_purchase_time",
+    "order_count",
+    "total_spend_minor",
+)
+# Statements of the hot write path, built once: building a statement per call cost more
+# CPU than running it (SQLAlchemy coerces every value and comparison it is given).
+_save_account = (
+    t.member_accounts.update()
+    .where(_where_key(t.member_accounts, "program_id", "member_id"))
+    .values({name: sa.bindparam(name) for name in _ACCOUNT_COUNTERS})
+)
+_complete_request = (
+    t.idempotency_keys.update()
+    .where(_where_key(t.idempotency_keys, "program_id", "member_id", "request_id"))
+    .values(response=sa.bindparam("response"))
+)
+_insert_purchase = t.purchases.insert()
 
 
 # --- programs, tiers, earning rules -------------------------------------------------------
@@ -650,6 +693,17 @@ _LOT_FIELDS = (
 
 
 @functools.cache
+def _qualifying_statement(metric: QualifyingMetric) -> sa.Select[Any]:
+    p = t.purchases
+    return sa.select(sa.func.coalesce(sa.func.sum(_qualifying_measure(metric)), 0)).where(
+        p.c.program_id == sa.bindparam("program_id"),
+        p.c.member_id == sa.bindparam("member_id"),
+        p.c.purchase_time > sa.bindparam("start", type_=t.Ts),
+        p.c.purchase_time <= sa.bindparam("end", type_=t.Ts),
+    )
+
+
+@functools.cache
 def _account_statement(
     dialect: str, for_update: bool, metric: QualifyingMetric | None
 ) -> sa.Select[Any]:
@@ -866,29 +920,27 @@ class AccountRepository(_Repository):
                 ],
             )
         await self.conn.execute(
-            t.member_accounts.update()
-            .where(
-                t.member_accounts.c.program_id == locked.program_id,
-                t.member_accounts.c.member_id == locked.member_id,
-            )
-            .values(
-                available=account.available,
-                pending=account.pending,
-                reserved=account.reserved,
-                lifetime_earned=account.lifetime_earned,
-                redeemed=account.redeemed,
-                expired=account.expired,
-                reversed=account.reversed,
-                last_activity_time=account.last_activity_time,
-                entry_seq=locked.entry_seq,
-                tier_id=locked.tier.tier_id,
-                tier_review_time=locked.tier.review_time,
-                tier_change_seq=locked.tier_change_seq,
-                first_purchase_time=locked.stats.first_purchase_time,
-                last_purchase_time=locked.stats.last_purchase_time,
-                order_count=locked.stats.order_count,
-                total_spend_minor=locked.stats.total_spend_minor,
-            )
+            _save_account,
+            {
+                "k_program_id": locked.program_id,
+                "k_member_id": locked.member_id,
+                "available": account.available,
+                "pending": account.pending,
+                "reserved": account.reserved,
+                "lifetime_earned": account.lifetime_earned,
+                "redeemed": account.redeemed,
+                "expired": account.expired,
+                "reversed": account.reversed,
+                "last_activity_time": account.last_activity_time,
+                "entry_seq": locked.entry_seq,
+                "tier_id": locked.tier.tier_id,
+                "tier_review_time": locked.tier.review_time,
+                "tier_change_seq": locked.tier_change_seq,
+                "first_purchase_time": locked.stats.first_purchase_time,
+                "last_purchase_time": locked.stats.last_purchase_time,
+                "order_count": locked.stats.order_count,
+                "total_spend_minor": locked.stats.total_spend_minor,
+            },
         )
         return stored
 
@@ -961,9 +1013,8 @@ class AccountRepository(_Repository):
     async def claim_order(self, program_id: str, order_id: str, member_id: str) -> bool:
         """Claim an order id for the program; False if it was recorded already."""
         result = await self.conn.execute(
-            self.insert_ignoring_conflicts(t.order_claims).values(
-                program_id=program_id, order_id=order_id, member_id=member_id
-            )
+            self.insert_ignoring_conflicts(t.order_claims),
+            {"program_id": program_id, "order_id": order_id, "member_id": member_id},
         )
         return bool(result.rowcount)
 
@@ -972,23 +1023,24 @@ class AccountRepository(_Repository):
     ) -> None:
         """Store a purchase and its lines."""
         await self.conn.execute(
-            t.purchases.insert().values(
-                program_id=program_id,
-                member_id=member_id,
-                order_id=p.order_id,
-                purchase_time=p.purchase_time,
-                store_id=p.store_id,
-                currency_code=p.currency_code,
-                total_minor=p.total_minor,
-                eligible_minor=p.eligible_minor,
-                points_awarded=p.points_awarded,
-                order_level_points=p.order_level_points,
-                breakdown=p.breakdown,
-                returned_minor=0,
-                points_reversed=0,
-                tier_id=p.tier_id,
-                create_time=now,
-            )
+            _insert_purchase,
+            {
+                "program_id": program_id,
+                "member_id": member_id,
+                "order_id": p.order_id,
+                "purchase_time": p.purchase_time,
+                "store_id": p.store_id,
+                "currency_code": p.currency_code,
+                "total_minor": p.total_minor,
+                "eligible_minor": p.eligible_minor,
+                "points_awarded": p.points_awarded,
+                "order_level_points": p.order_level_points,
+                "breakdown": p.breakdown,
+                "returned_minor": 0,
+                "points_reversed": 0,
+                "tier_id": p.tier_id,
+                "create_time": now,
+            },
         )
         if p.lines:
             await self.conn.execute(
@@ -1138,16 +1190,11 @@ class AccountRepository(_Repository):
         start: datetime,
         end: datetime,
     ) -> int:
-        """Net spend (minor units) or net points earned from purchases in [start, end]."""
-        p = t.purchases
+        """Net spend (minor units) or net points earned from purchases in (start, end]."""
         value = (
             await self.conn.execute(
-                sa.select(sa.func.coalesce(sa.func.sum(_qualifying_measure(metric)), 0)).where(
-                    p.c.program_id == program_id,
-                    p.c.member_id == member_id,
-                    p.c.purchase_time > start,
-                    p.c.purchase_time <= end,
-                )
+                _qualifying_statement(metric),
+                {"program_id": program_id, "member_id": member_id, "start": start, "end": end},
             )
         ).scalar_one()
         return int(value)
@@ -1253,15 +1300,16 @@ class IdempotencyRepository(_Repository):
         transaction to end, then sees its committed response.
         """
         result = await self.conn.execute(
-            self.insert_ignoring_conflicts(t.idempotency_keys).values(
-                program_id=program_id,
-                member_id=member_id,
-                request_id=request_id,
-                method=method,
-                fingerprint=fingerprint,
-                response=None,
-                create_time=now,
-            )
+            self.insert_ignoring_conflicts(t.idempotency_keys),
+            {
+                "program_id": program_id,
+                "member_id": member_id,
+                "request_id": request_id,
+                "method": method,
+                "fingerprint": fingerprint,
+                "response": None,
+                "create_time": now,
+            },
         )
         if result.rowcount:
             return None
@@ -1287,13 +1335,12 @@ class IdempotencyRepository(_Repository):
         self, program_id: str, member_id: str, request_id: str, response: bytes
     ) -> None:
         """Store the response for a claimed request id."""
-        k = t.idempotency_keys
         await self.conn.execute(
-            k.update()
-            .where(
-                k.c.program_id == program_id,
-                k.c.member_id == member_id,
-                k.c.request_id == request_id,
-            )
-            .values(response=response)
+            _complete_request,
+            {
+                "k_program_id": program_id,
+                "k_member_id": member_id,
+                "k_request_id": request_id,
+                "response": response,
+            },
         )
