@@ -7,6 +7,7 @@ the increment one step, so two redemptions of the last use can never both succee
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from datetime import date, datetime
@@ -39,15 +40,73 @@ class RuleSubject:
     last_purchase_time: datetime | None
 
 
-def spanning(column: sa.ColumnElement[str], member_ids: Sequence[str]) -> sa.ColumnElement[bool]:
-    """The range of member ids a page spans, for the page's queries (callers keep its ids).
+def spanning(column: sa.ColumnElement[str]) -> sa.ColumnElement[bool]:
+    """`column BETWEEN :lo AND :hi`: the range of member ids a page spans, for the page's
+    queries (callers keep its ids); `span` gives the parameters.
 
     A page is a run of ids in order (or a segment's, spread a little wider): a range is one
     index range scan. A long IN list of parameters is not: PostgreSQL's plan for it cannot
     hash the list, and on a table without fresh statistics it compares every row with every
-    id (half a second a page at 20,000 members, growing with the table).
+    id (half a second a page at 20,000 members, growing with the table). The statements are
+    built once and bound per call: building one costs more CPU than a page of one member.
     """
-    return column.between(min(member_ids), max(member_ids))
+    return column.between(sa.bindparam("lo"), sa.bindparam("hi"))
+
+
+def span(program_id: str, member_ids: Sequence[str]) -> dict[str, Any]:
+    """The parameters of a statement over a program's page of members (`spanning`)."""
+    return {"program_id": program_id, "lo": min(member_ids), "hi": max(member_ids)}
+
+
+def _in_program(column: sa.ColumnElement[str]) -> sa.ColumnElement[bool]:
+    return column == sa.bindparam("program_id")
+
+
+_flags_of = sa.select(t.member_flags.c.member_id, t.member_flags.c.flag).where(
+    _in_program(t.member_flags.c.program_id), spanning(t.member_flags.c.member_id)
+)
+_past_offers_of = sa.select(
+    t.offers.c.member_id, t.offers.c.rule_id, t.offers.c.period_key, t.offers.c.create_time
+).where(_in_program(t.offers.c.program_id), spanning(t.offers.c.member_id))
+
+
+@functools.cache
+def _subjects_of(dialect: str, lock: bool) -> sa.Select[Any]:
+    a = t.member_accounts
+    return _subjects_statement(dialect, lock).where(
+        spanning(a.c.member_id), a.c.member_id.in_(sa.bindparam("ids", expanding=True))
+    )
+
+
+def _subjects_statement(dialect: str, lock: bool) -> sa.Select[Any]:
+    m, a = t.members, t.member_accounts
+    stmt = (
+        sa.select(
+            m.c.member_id,
+            m.c.state,
+            m.c.given_name,
+            m.c.email,
+            m.c.birth_date,
+            m.c.join_time,
+            m.c.create_time,
+            m.c.marketing_consent,
+            a.c.tier_id,
+            a.c.order_count,
+            a.c.total_spend_minor,
+            a.c.last_purchase_time,
+        )
+        .select_from(
+            a.join(m, sa.and_(m.c.program_id == a.c.program_id, m.c.member_id == a.c.member_id))
+        )
+        .where(_in_program(a.c.program_id))
+        .order_by(a.c.member_id)
+    )
+    # The same row lock as every write of a member's account (purchases, redemptions),
+    # taken in member id order so that two runs over overlapping pages cannot deadlock.
+    # SQLite needs none: BEGIN IMMEDIATE already serializes writers.
+    if lock and dialect == "postgresql":
+        stmt = stmt.with_for_update(of=a)
+    return stmt
 
 
 def _subject_from_row(row: Any) -> RuleSubject:
@@ -133,12 +192,7 @@ class OfferRepository(_Repository):
         """The flags each of some members holds (members without flags are left out)."""
         if not member_ids:
             return {}
-        f = t.member_flags
-        rows = await self.conn.execute(
-            sa.select(f.c.member_id, f.c.flag).where(
-                f.c.program_id == program_id, spanning(f.c.member_id, member_ids)
-            )
-        )
+        rows = await self.conn.execute(_flags_of, span(program_id, member_ids))
         wanted, held = set(member_ids), dict[str, set[str]]()
         for r in rows:
             if r.member_id in wanted:
@@ -171,44 +225,15 @@ class OfferRepository(_Repository):
         for flag, member_ids in sorted(by_flag.items()):
             await self.conn.execute(
                 f.delete().where(
-                    f.c.program_id == program_id,
-                    spanning(f.c.member_id, member_ids),
+                    _in_program(f.c.program_id),
+                    spanning(f.c.member_id),
                     f.c.member_id.in_(member_ids),
                     f.c.flag == flag,
-                )
+                ),
+                span(program_id, member_ids),
             )
 
     # --- the members a rule run looks at ---------------------------------------------------
-
-    def _subjects(self, program_id: str, lock: bool) -> sa.Select[Any]:
-        m, a = t.members, t.member_accounts
-        stmt = (
-            sa.select(
-                m.c.member_id,
-                m.c.state,
-                m.c.given_name,
-                m.c.email,
-                m.c.birth_date,
-                m.c.join_time,
-                m.c.create_time,
-                m.c.marketing_consent,
-                a.c.tier_id,
-                a.c.order_count,
-                a.c.total_spend_minor,
-                a.c.last_purchase_time,
-            )
-            .select_from(
-                a.join(m, sa.and_(m.c.program_id == a.c.program_id, m.c.member_id == a.c.member_id))
-            )
-            .where(a.c.program_id == program_id)
-            .order_by(a.c.member_id)
-        )
-        # The same row lock as every write of a member's account (purchases, redemptions),
-        # taken in member id order so that two runs over overlapping pages cannot deadlock.
-        # SQLite needs none: BEGIN IMMEDIATE already serializes writers.
-        if lock and self.dialect == "postgresql":
-            stmt = stmt.with_for_update(of=a)
-        return stmt
 
     async def subjects(
         self, program_id: str, member_ids: Sequence[str], *, lock: bool
@@ -216,18 +241,17 @@ class OfferRepository(_Repository):
         """Some members (any state) by id, in id order; `lock` takes their account rows."""
         if not member_ids:
             return []
-        a = t.member_accounts
-        stmt = self._subjects(program_id, lock).where(
-            spanning(a.c.member_id, member_ids), a.c.member_id.in_(member_ids)
+        rows = await self.conn.execute(
+            _subjects_of(self.dialect, lock), {**span(program_id, member_ids), "ids": member_ids}
         )
-        return [_subject_from_row(r) for r in await self.conn.execute(stmt)]
+        return [_subject_from_row(r) for r in rows]
 
     async def active_subjects_after(
         self, program_id: str, after_id: str, limit: int, *, lock: bool
     ) -> list[RuleSubject]:
         """The next page of active members by id after `after_id`; `lock` takes their rows."""
         stmt = (
-            self._subjects(program_id, lock)
+            _subjects_statement(self.dialect, lock)
             .where(
                 t.member_accounts.c.member_id > after_id,
                 # Said of both tables, so that neither is read from its start.
@@ -236,7 +260,8 @@ class OfferRepository(_Repository):
             )
             .limit(limit)
         )
-        return [_subject_from_row(r) for r in await self.conn.execute(stmt)]
+        rows = await self.conn.execute(stmt, {"program_id": program_id})
+        return [_subject_from_row(r) for r in rows]
 
     # --- ranks -----------------------------------------------------------------------------
 
@@ -289,12 +314,7 @@ class OfferRepository(_Repository):
         """Per member and rule: the latest issue time and the periods it used."""
         if not member_ids:
             return {}
-        o = t.offers
-        rows = await self.conn.execute(
-            sa.select(o.c.member_id, o.c.rule_id, o.c.period_key, o.c.create_time).where(
-                o.c.program_id == program_id, spanning(o.c.member_id, member_ids)
-            )
-        )
+        rows = await self.conn.execute(_past_offers_of, span(program_id, member_ids))
         wanted, seen = set(member_ids), dict[tuple[str, str], tuple[datetime, set[str]]]()
         for row in rows:
             if row.member_id not in wanted:

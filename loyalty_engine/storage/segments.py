@@ -11,7 +11,7 @@ import sqlalchemy as sa
 
 from loyalty_engine.domain.segments import SEGMENTS
 from loyalty_engine.storage import schema as t
-from loyalty_engine.storage.offers import spanning
+from loyalty_engine.storage.offers import span, spanning
 from loyalty_engine.storage.repositories import _Repository
 from loyalty_engine.storage.schema import RANKS, UtcDateTime
 
@@ -168,6 +168,25 @@ class SegmentMember:
     scores: Scores
 
 
+_kept = sa.or_(
+    t.purchases.c.returned_minor < t.purchases.c.total_minor, t.purchases.c.total_minor == 0
+)
+# Net spend and orders of a page of members since a time (built once, bound per call).
+_window_stats_of = (
+    sa.select(
+        t.purchases.c.member_id,
+        sa.func.sum(t.purchases.c.total_minor - t.purchases.c.returned_minor),
+        sa.func.sum(sa.case((_kept, 1), else_=0)),
+    )
+    .where(
+        t.purchases.c.program_id == sa.bindparam("program_id"),
+        spanning(t.purchases.c.member_id),
+        t.purchases.c.purchase_time > sa.bindparam("since", type_=t.Ts),
+    )
+    .group_by(t.purchases.c.member_id)
+)
+
+
 class SegmentRepository(_Repository):
     """Scores and the queries marketing tools run on them."""
 
@@ -317,20 +336,8 @@ class SegmentRepository(_Repository):
         """
         if not member_ids:
             return {}
-        p = t.purchases
-        kept = sa.or_(p.c.returned_minor < p.c.total_minor, p.c.total_minor == 0)
         rows = await self.conn.execute(
-            sa.select(
-                p.c.member_id,
-                sa.func.sum(p.c.total_minor - p.c.returned_minor),
-                sa.func.sum(sa.case((kept, 1), else_=0)),
-            )
-            .where(
-                p.c.program_id == program_id,
-                spanning(p.c.member_id, member_ids),
-                p.c.purchase_time > since,
-            )
-            .group_by(p.c.member_id)
+            _window_stats_of, {**span(program_id, member_ids), "since": since}
         )
         wanted = set(member_ids)
         return {r[0]: (int(r[1] or 0), int(r[2] or 0)) for r in rows if r[0] in wanted}
@@ -345,7 +352,8 @@ class SegmentRepository(_Repository):
         rows = await self.conn.execute(
             sa.select(*_score_columns(), s.c.spend_12m)
             .select_from(s.join(r, r.c.program_id == s.c.program_id))
-            .where(s.c.program_id == program_id, spanning(s.c.member_id, member_ids))
+            .where(s.c.program_id == sa.bindparam("program_id"), spanning(s.c.member_id)),
+            span(program_id, member_ids),
         )
         wanted = set(member_ids)
         return {r.member_id: (_scores(r), int(r.spend_12m)) for r in rows if r.member_id in wanted}
