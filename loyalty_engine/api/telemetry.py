@@ -6,6 +6,7 @@ program; never request bodies, personal data (names, e-mails, phones, birth date
 
 from __future__ import annotations
 
+import functools
 import logging
 import sys
 from typing import Any
@@ -66,6 +67,10 @@ def configure_logging(level: str, json_logs: bool = True) -> None:
     logging.getLogger("alembic").setLevel(max(logging.WARNING, numeric))
 
 
+def _stat(stats: object, name: str) -> float:
+    return float(getattr(stats, name))
+
+
 class Telemetry:
     """Prometheus metrics of one process, in a registry of its own."""
 
@@ -100,6 +105,17 @@ class Telemetry:
             in_use.set_function(lambda: float(getattr(pool, "checkedout", lambda: 0)()))
             size = Gauge("loyalty_db_pool_size", "Database connections in the pool", registry=r)
             size.set_function(lambda: float(getattr(pool, "size", lambda: 0)()))
+            group = db.group_commit
+            if group is not None:
+                for name, doc in (
+                    ("batches", "Group-commit batches committed or tried"),
+                    ("writes", "Writes that joined a group-commit batch"),
+                    ("run_alone", "Writes a batch handed back to run in their own transaction"),
+                    ("skipped", "Queued writes skipped because their caller gave up"),
+                    ("largest_batch", "The largest group-commit batch"),
+                ):
+                    gauge = Gauge(f"loyalty_group_commit_{name}", doc, registry=r)
+                    gauge.set_function(functools.partial(_stat, group.stats, name))
         self.log = structlog.get_logger("loyalty_engine.rpc")
 
     def observe(

@@ -139,6 +139,18 @@ class GroupCommit:
     async def close(self) -> None:
         """Stop taking writes; a batch in flight finishes, queued writes run alone."""
         self._closed = True
+        stats = self.stats
+        if stats.batches:
+            log.info(
+                "group commit: %d writes in %d batches (%.1f a batch, largest %d); "
+                "%d ran alone, %d skipped",
+                stats.writes,
+                stats.batches,
+                stats.writes / stats.batches,
+                stats.largest_batch,
+                stats.run_alone,
+                stats.skipped,
+            )
         for queue in self._queues:
             while not queue.empty():
                 job = queue.get_nowait()

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import datetime as dt
 import ipaddress
+import re
 import socket
 import urllib.request
 from collections.abc import AsyncIterator
@@ -471,6 +472,11 @@ async def test_metrics_count_rpcs_and_business_events(scenario, app, clock) -> N
     assert "loyalty_offers_issued_total 1.0" in text
     assert "loyalty_rpc_duration_seconds_bucket" in text
     assert "loyalty_db_pool_in_use" in text
+    # The enrollment and the purchase went through group commit, each in one batch or more.
+    writes = re.search(r"^loyalty_group_commit_writes (\S+)$", text, re.MULTILINE)
+    batches = re.search(r"^loyalty_group_commit_batches (\S+)$", text, re.MULTILINE)
+    assert writes and batches
+    assert float(writes[1]) >= 2 and 1 <= float(batches[1]) <= float(writes[1])
 
 
 async def test_logs_carry_no_personal_data_and_no_keys(scenario, operator_key, capsys) -> None:
