@@ -150,3 +150,53 @@ async def test_a_batch_whose_connection_dies_runs_every_write_alone_once(app, sc
     for member in members:
         assert (await scenario.assert_balance_matches_ledger(member)).available_points == 30
         assert len(await scenario.ledger(member)) == 1
+
+
+async def test_a_caller_that_gives_up_before_its_write_starts_writes_nothing(app) -> None:
+    group = lanes(app)
+    entered, gate, ran = asyncio.Event(), asyncio.Event(), []
+
+    async def slow(uow: Any) -> str:
+        entered.set()
+        await gate.wait()
+        ran.append("slow")
+        return "slow"
+
+    async def never(uow: Any) -> str:
+        ran.append("never")
+        return "never"
+
+    skipped = group.stats.skipped
+    first = asyncio.ensure_future(group.run(("same",), slow))  # one key: one lane
+    await entered.wait()  # the lane is in the first batch, held at the gate
+    second = asyncio.ensure_future(group.run(("same",), never))
+    await asyncio.sleep(0.01)
+    second.cancel()
+    gate.set()
+    assert await first == "slow"
+    with pytest.raises(asyncio.CancelledError):
+        await second
+    for _ in range(200):
+        if group.stats.skipped > skipped:
+            break
+        await asyncio.sleep(0.01)
+    assert group.stats.skipped == skipped + 1
+    assert ran == ["slow"]
+
+
+async def test_a_caller_that_gives_up_after_its_write_started_gets_its_outcome(app) -> None:
+    group = lanes(app)
+    started, gate = asyncio.Event(), asyncio.Event()
+
+    async def write(uow: Any) -> str:
+        started.set()
+        await gate.wait()
+        return "committed"
+
+    call = asyncio.ensure_future(group.run(("k",), write))
+    await started.wait()
+    call.cancel()  # the deadline passes while the write runs in its batch
+    await asyncio.sleep(0.01)
+    gate.set()
+    # Not CANCELLED ("nothing was written"): the write committed, and the caller says so.
+    assert await call == "committed"
