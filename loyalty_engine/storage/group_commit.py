@@ -181,8 +181,12 @@ class GroupCommit:
             except asyncio.CancelledError:
                 self._answer(live, committed=False)
                 raise
-            except Exception:  # the COMMIT or the connection failed: the outcome is unknown
-                log.warning("group commit: a batch of %d failed; each write runs alone", len(live))
+            except Exception as exc:  # the COMMIT or the connection failed: outcome unknown
+                log.warning(
+                    "group commit: a batch of %d failed (%s); each write runs alone",
+                    len(live),
+                    type(exc).__name__,
+                )
                 self._answer(live, committed=False)
             else:
                 self._answer(live, committed=True)
