@@ -35,6 +35,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Final
 
 from sqlalchemy import exc as sa_exc
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncTransaction
 
 if TYPE_CHECKING:
     from loyalty_engine.storage.database import Database
@@ -197,25 +198,30 @@ class GroupCommit:
         self.stats.largest_batch = max(self.stats.largest_batch, len(jobs))
         async with self._db.unit_of_work() as uow:
             conn = uow.connection
-            if self._db.backend == "postgresql" and self.lock_timeout_ms:
+            savepoints: _Savepoints
+            if self._db.backend == "postgresql":
+                # The first statement also begins the transaction the savepoints live in.
                 await conn.exec_driver_sql(f"SET LOCAL lock_timeout = {int(self.lock_timeout_ms)}")
+                savepoints = _PostgresSavepoints(await conn.get_raw_connection())
+            else:
+                savepoints = _NestedTransactions(conn)
             for job in jobs:
                 if job.future.done():
                     self.stats.skipped += 1
                     continue
                 job.started = True
-                savepoint = await conn.begin_nested()
+                await savepoints.begin()
                 try:
                     result = await job.write(uow)
                 except sa_exc.DBAPIError:
                     # A rollback that fails breaks the batch: the lane answers RUN_ALONE.
-                    await savepoint.rollback()
+                    await savepoints.rollback()
                     job.outcome = (False, RUN_ALONE)
                 except Exception as exc:  # kept for its caller alone
-                    await savepoint.rollback()
+                    await savepoints.rollback()
                     job.outcome = (False, exc)
                 else:
-                    await savepoint.commit()
+                    await savepoints.release()
                     job.outcome = (True, result)
             await uow.commit()
 
@@ -233,3 +239,60 @@ class GroupCommit:
                 job.future.set_result(outcome[1])
             else:
                 job.future.set_exception(outcome[1])
+
+
+class _Savepoints:
+    """A savepoint around each write of a batch, one at a time."""
+
+    async def begin(self) -> None:
+        raise NotImplementedError
+
+    async def release(self) -> None:
+        raise NotImplementedError
+
+    async def rollback(self) -> None:
+        raise NotImplementedError
+
+
+class _NestedTransactions(_Savepoints):
+    """SQLAlchemy's nested transactions (SQLite, where a savepoint costs no round trip)."""
+
+    def __init__(self, conn: AsyncConnection) -> None:
+        self._conn = conn
+        self._nested: AsyncTransaction | None = None
+
+    async def begin(self) -> None:
+        self._nested = await self._conn.begin_nested()
+
+    async def release(self) -> None:
+        assert self._nested is not None
+        await self._nested.commit()
+
+    async def rollback(self) -> None:
+        assert self._nested is not None
+        await self._nested.rollback()
+
+
+class _PostgresSavepoints(_Savepoints):
+    """One round trip per write: a write's RELEASE goes with the next one's SAVEPOINT.
+
+    Sent on the driver's connection, in the simple query protocol, which takes several
+    statements at once; the last RELEASE is the COMMIT's. The transaction they live in is
+    SQLAlchemy's, begun before the first.
+    """
+
+    def __init__(self, raw: Any) -> None:
+        self._driver = raw.driver_connection
+        self._open = False
+
+    async def begin(self) -> None:
+        await self._driver.execute(
+            "RELEASE SAVEPOINT write; SAVEPOINT write" if self._open else "SAVEPOINT write"
+        )
+        self._open = True
+
+    async def release(self) -> None:
+        """Released with the next SAVEPOINT, or by the COMMIT."""
+
+    async def rollback(self) -> None:
+        await self._driver.execute("ROLLBACK TO SAVEPOINT write")
