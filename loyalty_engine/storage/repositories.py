@@ -7,6 +7,7 @@ lazily loaded behind the caller's back and the hot paths stay a few statements l
 from __future__ import annotations
 
 import functools
+import json
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -86,6 +87,49 @@ _complete_request = (
     .values(response=sa.bindparam("response"))
 )
 _insert_purchase = t.purchases.insert()
+# `save` on PostgreSQL in one statement: $1/$2 the member, then arrays of the new entries
+# ($3-$15), of the new lots ($16-$23) and of the changed lots ($24-$26), then the counters.
+_SAVE_ACCOUNT_PG = """
+WITH new_entries AS (
+    INSERT INTO ledger_entries (program_id, member_id, entry_seq, kind, points, pending_delta,
+        balance_after, pending_after, occur_time, create_time, order_id, lot_id, reason, actor,
+        shortfall)
+    SELECT $1, $2, e.* FROM unnest($3::bigint[], $4::varchar[], $5::bigint[], $6::bigint[],
+        $7::bigint[], $8::bigint[], $9::timestamptz[], $10::timestamptz[], $11::varchar[],
+        $12::varchar[], $13::varchar[], $14::varchar[], $15::bigint[]) AS e
+), new_lots AS (
+    INSERT INTO points_lots (program_id, member_id, lot_id, order_id, earned_time,
+        available_time, expires_time, points, remaining, pending)
+    SELECT $1, $2, l.* FROM unnest($16::varchar[], $17::varchar[], $18::timestamptz[],
+        $19::timestamptz[], $20::timestamptz[], $21::bigint[], $22::bigint[], $23::boolean[])
+        AS l
+), changed_lots AS (
+    UPDATE points_lots SET remaining = c.remaining, pending = c.pending
+    FROM unnest($24::varchar[], $25::bigint[], $26::boolean[]) AS c(lot_id, remaining, pending)
+    WHERE points_lots.program_id = $1 AND points_lots.member_id = $2
+        AND points_lots.lot_id = c.lot_id
+)
+UPDATE member_accounts SET available = $27, pending = $28, reserved = $29,
+    lifetime_earned = $30, redeemed = $31, expired = $32, reversed = $33,
+    last_activity_time = $34, entry_seq = $35, tier_id = $36, tier_review_time = $37,
+    tier_change_seq = $38, first_purchase_time = $39, last_purchase_time = $40,
+    order_count = $41, total_spend_minor = $42
+WHERE program_id = $1 AND member_id = $2
+"""
+# A purchase and its lines on PostgreSQL in one statement: $1-$15 the purchase, then the
+# lines' arrays ($16-$21).
+_INSERT_PURCHASE_PG = """
+WITH lines AS (
+    INSERT INTO purchase_lines (program_id, member_id, order_id, line_index, sku, category,
+        quantity, unit_price_minor, points, returned_quantity)
+    SELECT $1, $2, $3, l.*, 0 FROM unnest($16::integer[], $17::varchar[], $18::varchar[],
+        $19::bigint[], $20::bigint[], $21::bigint[]) AS l
+)
+INSERT INTO purchases (program_id, member_id, order_id, purchase_time, store_id,
+    currency_code, total_minor, eligible_minor, points_awarded, order_level_points, breakdown,
+    returned_minor, points_reversed, tier_id, create_time)
+VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11::json, $12, $13, $14, $15)
+"""
 
 
 # --- programs, tiers, earning rules -------------------------------------------------------
@@ -875,6 +919,9 @@ class AccountRepository(_Repository):
                     "shortfall": entry.shortfall,
                 }
             )
+        if self.dialect == "postgresql":
+            await self._save_in_one_statement(locked, rows)
+            return stored
         if rows:
             await self.conn.execute(t.ledger_entries.insert(), rows)
         new_lots = account.new_lots()
@@ -943,6 +990,66 @@ class AccountRepository(_Repository):
             },
         )
         return stored
+
+    async def _save_in_one_statement(
+        self, locked: LockedAccount, entries: list[dict[str, Any]]
+    ) -> None:
+        """`save` on PostgreSQL: entries, new lots, changed lots and counters in one round
+        trip (data-modifying CTEs over arrays; one fixed text, so one prepared statement)."""
+        account, stats = locked.account, locked.stats
+        new_lots, changed = account.new_lots(), account.changed_lots()
+        await self.conn.exec_driver_sql(
+            _SAVE_ACCOUNT_PG,
+            (
+                locked.program_id,
+                locked.member_id,
+                *(
+                    [e[name] for e in entries]
+                    for name in (
+                        "entry_seq",
+                        "kind",
+                        "points",
+                        "pending_delta",
+                        "balance_after",
+                        "pending_after",
+                        "occur_time",
+                        "create_time",
+                        "order_id",
+                        "lot_id",
+                        "reason",
+                        "actor",
+                        "shortfall",
+                    )
+                ),
+                [lot.lot_id for lot in new_lots],
+                [lot.order_id for lot in new_lots],
+                [lot.earned_time for lot in new_lots],
+                [lot.available_time for lot in new_lots],
+                [lot.expires_time for lot in new_lots],
+                [lot.points for lot in new_lots],
+                [lot.remaining for lot in new_lots],
+                [lot.pending for lot in new_lots],
+                [lot.lot_id for lot in changed],
+                [lot.remaining for lot in changed],
+                [lot.pending for lot in changed],
+                account.available,
+                account.pending,
+                account.reserved,
+                account.lifetime_earned,
+                account.redeemed,
+                account.expired,
+                account.reversed,
+                account.last_activity_time,
+                locked.entry_seq,
+                locked.tier.tier_id,
+                locked.tier.review_time,
+                locked.tier_change_seq,
+                stats.first_purchase_time,
+                stats.last_purchase_time,
+                stats.order_count,
+                stats.total_spend_minor,
+            ),
+        )
 
     async def add_categories(self, program_id: str, member_id: str, categories: set[str]) -> None:
         """Remember the categories a member bought (for insights and rules)."""
@@ -1022,6 +1129,31 @@ class AccountRepository(_Repository):
         self, program_id: str, member_id: str, p: NewPurchase, now: datetime
     ) -> None:
         """Store a purchase and its lines."""
+        if self.dialect == "postgresql":
+            lines = p.lines
+            await self.conn.exec_driver_sql(
+                _INSERT_PURCHASE_PG,
+                (
+                    program_id,
+                    member_id,
+                    p.order_id,
+                    p.purchase_time,
+                    p.store_id,
+                    p.currency_code,
+                    p.total_minor,
+                    p.eligible_minor,
+                    p.points_awarded,
+                    p.order_level_points,
+                    json.dumps(p.breakdown),
+                    0,
+                    0,
+                    p.tier_id,
+                    now,
+                    list(range(len(lines))),
+                    *([line[n] for line in lines] for n in range(5)),
+                ),
+            )
+            return
         await self.conn.execute(
             _insert_purchase,
             {
