@@ -110,14 +110,14 @@ test: lint pytest ## Lint, then run the whole test suite
 serve: install ## Run the server on 127.0.0.1:50051 with SQLite ./loyalty.db and demo data
 	$(PY) -m loyalty_engine serve --migrate --seed-demo --plaintext
 
-bench: install ## Run the benchmarks
+bench: install postgres ## Run the benchmarks (PostgreSQL: started or installed by scripts/ensure_postgres.sh)
 	$(PY) bench/run.py
 
 bench-segments: install ## Run the segmentation benchmark (PostgreSQL)
 	$(PY) bench/segments.py
 
 SOAK_ARGS ?=
-soak: install ## Fault-injection soak on a private PostgreSQL (~4 min; SOAK_ARGS=--quick or --seconds N)
+soak: install postgres ## Fault-injection soak on a private PostgreSQL (its own cluster) (~4 min; SOAK_ARGS=--quick or --seconds N)
 	$(PY) bench/soak.py $(SOAK_ARGS)
 
 clean: ## Remove the venv, caches, node_modules and local databases
