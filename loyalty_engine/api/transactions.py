@@ -32,8 +32,12 @@ _RETRY_SQLSTATES = {"40001", "40P01"}
 
 
 def _is_transient_conflict(exc: BaseException) -> bool:
+    """A conflict worth running the transaction again for, or a pooled connection that had
+    died (the server restarted): SQLAlchemy invalidated it, and the next is a new one."""
     if not isinstance(exc, sa_exc.DBAPIError):
         return False
+    if exc.connection_invalidated:
+        return True
     orig = exc.orig
     code = getattr(orig, "sqlstate", None) or getattr(orig, "pgcode", None)
     if code in _RETRY_SQLSTATES:

@@ -32,7 +32,11 @@ class Database:
         # Parameters may hold personal data; errors and logs must not show them.
         kwargs: dict[str, Any] = {"echo": echo, "hide_parameters": True}
         if self.backend == "postgresql":
-            kwargs.update(pool_size=pool_size, max_overflow=pool_size, pool_pre_ping=True)
+            # No ping before each checkout (a round trip per transaction): a connection that
+            # died in the pool (a restarted server) fails its first statement, SQLAlchemy
+            # then drops every pooled connection as old as it, and the transaction runs
+            # again on a new one (`api.transactions`: `connection_invalidated`).
+            kwargs.update(pool_size=pool_size, max_overflow=pool_size, pool_recycle=3600)
         elif self.backend == "sqlite":
             kwargs.update(connect_args={"timeout": 30})
         self.engine: AsyncEngine = create_async_engine(parsed, **kwargs)
