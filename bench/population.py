@@ -21,7 +21,7 @@ from loyalty_engine.gen.loyalty.v1 import (
 
 PROGRAM_ID = "bench"
 TIERS = (("bronze", 0, 100), ("silver", 500_00, 125), ("gold", 1500_00, 150))
-ENROLL_CONCURRENCY = 32
+ENROLL_CONCURRENCY = 128
 REWARD_ID = "bench-voucher"
 # What the bench reward costs: a 5 EUR voucher for 100 points.
 REWARD_COST = 100
