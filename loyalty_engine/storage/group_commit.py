@@ -116,6 +116,10 @@ class GroupCommit:
             return RUN_ALONE
         self._start()
         lane = zlib.crc32("\0".join(key).encode()) % self.lanes
+        if self._tasks[lane].done():  # a lane that stopped (it never should) starts again
+            self._tasks[lane] = asyncio.get_running_loop().create_task(
+                self._lane(self._queues[lane]), name=f"group-commit-{lane}"
+            )
         future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
         job = _Job(key, write, future)
         self._queues[lane].put_nowait(job)
@@ -138,7 +142,8 @@ class GroupCommit:
             return outcome
 
     async def close(self) -> None:
-        """Stop taking writes; a batch in flight finishes, queued writes run alone."""
+        """Stop taking writes (at shutdown, once no call is in flight): the lanes stop, and
+        anything still queued or in a batch is answered `RUN_ALONE` and rolled back."""
         self._closed = True
         stats = self.stats
         if stats.batches:
@@ -179,8 +184,8 @@ class GroupCommit:
             live.sort(key=lambda j: j.key)
             try:
                 await self._run_batch(live)
-            except asyncio.CancelledError:
-                self._answer(live, committed=False)
+            except (asyncio.CancelledError, KeyboardInterrupt, SystemExit):
+                self._answer(live, committed=False)  # the lane stops; `run` starts another
                 raise
             except Exception as exc:  # the COMMIT or the connection failed: outcome unknown
                 log.warning(
