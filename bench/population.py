@@ -140,8 +140,16 @@ async def enroll_members(
     return time.perf_counter() - started
 
 
-async def create_reward(channel: grpc.aio.Channel, run_tag: str, admin: Metadata) -> str | None:
-    """The catalog's bench reward (unlimited stock, no tier, no limit); its name.
+async def create_reward(
+    channel: grpc.aio.Channel,
+    run_tag: str,
+    admin: Metadata,
+    *,
+    reward_id: str = REWARD_ID,
+    points_cost: int = REWARD_COST,
+) -> str | None:
+    """The catalog's bench reward (a 5 EUR voucher, unlimited stock, no tier, no limit);
+    its name.
 
     None when this version of the service has no RewardService (UNIMPLEMENTED).
     """
@@ -152,10 +160,10 @@ async def create_reward(channel: grpc.aio.Channel, run_tag: str, admin: Metadata
             rp.CreateRewardRequest(
                 request_id=f"{run_tag}-reward",
                 parent=f"programs/{PROGRAM_ID}",
-                reward_id=REWARD_ID,
+                reward_id=reward_id,
                 reward=rp.Reward(
                     display_name="5 EUR voucher",
-                    points_cost=REWARD_COST,
+                    points_cost=points_cost,
                     kind=rp.REWARD_KIND_FIXED_DISCOUNT,
                     discount=common_pb2.Money(amount_minor=500, currency_code="EUR"),
                     unlimited_stock=True,

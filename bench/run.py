@@ -62,6 +62,7 @@ from backends import (
     run_pgbench,
 )
 from load import MIX, ClientConfig, LoadPlan, ScenarioResult, client_main
+from marked import write_marked
 from population import (
     ENROLL_CONCURRENCY,
     PROGRAM_ID,
@@ -721,27 +722,15 @@ def render(run: dict[str, Any]) -> str:
     return "\n".join(lines) + "\n"
 
 
-DEFAULT_PROSE = """# Benchmarks
-
-`make bench` (`bench/run.py`) measures the real service end to end over gRPC.
-
-{block}
-## Reading
-
-(Not written yet: read the numbers above.)
-"""
-
-
 def write_markdown(path: Path, block: str) -> None:
-    marked = f"{BEGIN_MARK}\n{block}{END_MARK}\n"
-    if path.exists():
-        text = path.read_text()
-        if BEGIN_MARK in text and END_MARK in text:
-            head, rest = text.split(BEGIN_MARK, 1)
-            tail = rest.split(END_MARK, 1)[1].lstrip("\n")
-            path.write_text(head + marked + tail)
-            return
-    path.write_text(DEFAULT_PROSE.format(block=marked))
+    write_marked(
+        path,
+        BEGIN_MARK,
+        END_MARK,
+        block,
+        "## Throughput and latency\n\n"
+        "`make bench` (`bench/run.py`) measures the real service end to end over gRPC.",
+    )
 
 
 # --- main -----------------------------------------------------------------------------------

@@ -62,6 +62,7 @@ from backends import (
     postgres_backend_cpu,
     postgres_version,
 )
+from marked import write_marked
 from population import PROGRAM_ID, bearer, create_program
 from run import machine_facts, percentile
 
@@ -696,14 +697,7 @@ def render(run: dict[str, Any]) -> str:
 
 def write_markdown(path: Path, block: str) -> None:
     """Replace the marked block, or append a Segmentation section with it."""
-    marked = f"{BEGIN_MARK}\n{block}{END_MARK}\n"
-    text = path.read_text() if path.exists() else "# Benchmarks\n"
-    if BEGIN_MARK in text and END_MARK in text:
-        head, rest = text.split(BEGIN_MARK, 1)
-        tail = rest.split(END_MARK, 1)[1].lstrip("\n")
-        path.write_text(head + marked + tail)
-        return
-    path.write_text(text.rstrip("\n") + "\n\n## Segmentation\n\n" + marked)
+    write_marked(path, BEGIN_MARK, END_MARK, block, "## Segmentation")
 
 
 def parse_args(argv: list[str]) -> argparse.Namespace:

@@ -53,23 +53,23 @@ from backends import REPO, Service, free_port
 from google.protobuf.message import Message
 from google.rpc import error_details_pb2, status_pb2
 from load import RECORD_PURCHASE, ClientConfig, RequestFactory
+from marked import write_marked
 from population import (
     PROGRAM_ID,
     Metadata,
     bearer,
     configure_program,
     create_program,
+    create_reward,
     enroll_members,
+    fund_members,
     member_name,
 )
 from verify import members_to_check, verify_ledgers
 
 from loyalty_engine.gen.loyalty.v1 import (
-    common_pb2,
     points_service_pb2,
-    points_service_pb2_grpc,
     reward_service_pb2,
-    reward_service_pb2_grpc,
 )
 
 BEGIN_MARK = "<!-- soak:begin (written by bench/soak.py; edit outside these marks) -->"
@@ -466,37 +466,15 @@ class Soak:
         return await asyncio.to_thread(program_key, "pos", "shop"), seconds
 
     async def _reward_and_points(self, channel: grpc.aio.Channel, admin: Metadata) -> None:
-        rewards = reward_service_pb2_grpc.RewardServiceStub(channel)
-        rp = reward_service_pb2
-        await rewards.CreateReward(
-            rp.CreateRewardRequest(
-                request_id=f"{self.tag}-reward",
-                parent=f"programs/{PROGRAM_ID}",
-                reward_id=self.reward.rsplit("/", 1)[1],
-                reward=rp.Reward(
-                    display_name="5 EUR voucher",
-                    points_cost=REWARD_COST,
-                    kind=rp.REWARD_KIND_FIXED_DISCOUNT,
-                    discount=common_pb2.Money(amount_minor=500, currency_code="EUR"),
-                    unlimited_stock=True,
-                ),
-            ),
-            metadata=admin,
-            timeout=30,
+        await create_reward(
+            channel,
+            self.tag,
+            admin,
+            reward_id=self.reward.rsplit("/", 1)[1],
+            points_cost=REWARD_COST,
         )
-        points = points_service_pb2_grpc.PointsServiceStub(channel)
-        for i in self.hot:
-            await points.AdjustPoints(
-                points_service_pb2.AdjustPointsRequest(
-                    request_id=f"{self.tag}-start-{i}",
-                    member=self.members[i],
-                    points=HOT_START_POINTS,
-                    reason=points_service_pb2.ADJUSTMENT_REASON_GOODWILL,
-                    actor="soak",
-                ),
-                metadata=admin,
-                timeout=30,
-            )
+        hot = [self.members[i] for i in self.hot]
+        await fund_members(channel, hot, HOT_START_POINTS, f"{self.tag}-start", admin)
 
     # load
 
@@ -956,30 +934,19 @@ def render(run: dict[str, Any]) -> str:
 
 
 def write_markdown(path: Path, block: str) -> None:
-    marked = f"{BEGIN_MARK}\n{block}{END_MARK}\n"
-    text = path.read_text() if path.exists() else "# Benchmarks\n"
-    if BEGIN_MARK in text and END_MARK in text:
-        head, rest = text.split(BEGIN_MARK, 1)
-        tail = rest.split(END_MARK, 1)[1].lstrip("\n")
-        path.write_text(head + marked + tail)
-        return
-    section = (
-        "\n## Fault-injection soak\n\n"
-        + textwrap.fill(
-            "`make soak` (`bench/soak.py`) runs the service on a private PostgreSQL cluster under "
-            "a steady purchase and redemption load whose clients retry every error with the same "
-            "request id, while it SIGKILLs and restarts the service, restarts PostgreSQL "
-            "(`pg_ctl restart -m immediate`, a crash, and `-m fast`), cancels calls mid-flight "
-            "and lets 1-10 ms deadlines expire. Afterwards it replays a sample of acknowledged "
-            "requests and checks through SQL and the API that every acknowledged purchase is "
-            "stored exactly once, every request was applied at most once (acknowledged ones "
-            "exactly once), no balance is negative and every balance equals the sum of its "
-            "ledger. An INTERNAL or UNKNOWN answer counts as a discrepancy.",
-            width=90,
-        )
-        + "\n\n"
+    section = "## Fault-injection soak\n\n" + textwrap.fill(
+        "`make soak` (`bench/soak.py`) runs the service on a private PostgreSQL cluster under "
+        "a steady purchase and redemption load whose clients retry every error with the same "
+        "request id, while it SIGKILLs and restarts the service, restarts PostgreSQL "
+        "(`pg_ctl restart -m immediate`, a crash, and `-m fast`), cancels calls mid-flight "
+        "and lets 1-10 ms deadlines expire. Afterwards it replays a sample of acknowledged "
+        "requests and checks through SQL and the API that every acknowledged purchase is "
+        "stored exactly once, every request was applied at most once (acknowledged ones "
+        "exactly once), no balance is negative and every balance equals the sum of its "
+        "ledger. An INTERNAL or UNKNOWN answer counts as a discrepancy.",
+        width=90,
     )
-    path.write_text(text.rstrip("\n") + "\n" + section + marked)
+    write_marked(path, BEGIN_MARK, END_MARK, block, section)
 
 
 def machine_summary(pg_version: str) -> str:
