@@ -343,12 +343,6 @@ async def record_purchase(
     locked = await lock_member(uow, program, cmd.member_id)
     if locked.member_state is MemberState.ERASED:
         raise FailedPrecondition("MEMBER_ERASED", "the member's personal data was erased")
-    if not await uow.accounts.claim_order(program.program_id, cmd.order_id, cmd.member_id):
-        raise AlreadyExists(
-            "ORDER_ALREADY_RECORDED",
-            f"order {cmd.order_id!r} was recorded already",
-            {"order_id": cmd.order_id},
-        )
     await settle(uow, program, locked, now)
     tier_before = locked.tier.tier_id
     tier_then = await _tier_at(uow, locked, cmd.purchase_time)
@@ -371,7 +365,9 @@ async def record_purchase(
             hold_days=program.pending_days,
             expiry=program.expiry,
         )
-    await uow.accounts.add_purchase(
+    # The order id is claimed with the purchase: a duplicate fails here, and the rollback
+    # takes back whatever came before (nothing of it is written yet but the request id).
+    stored = await uow.accounts.add_purchase(
         program.program_id,
         cmd.member_id,
         NewPurchase(
@@ -394,6 +390,12 @@ async def record_purchase(
         ),
         now,
     )
+    if not stored:
+        raise AlreadyExists(
+            "ORDER_ALREADY_RECORDED",
+            f"order {cmd.order_id!r} was recorded already",
+            {"order_id": cmd.order_id},
+        )
     locked.stats.add_purchase(cmd.purchase_time, cmd.total_minor)
     await uow.accounts.add_categories(
         program.program_id, cmd.member_id, {line.category for line in cmd.lines}

@@ -116,19 +116,27 @@ UPDATE member_accounts SET available = $27, pending = $28, reserved = $29,
     order_count = $41, total_spend_minor = $42
 WHERE program_id = $1 AND member_id = $2
 """
-# A purchase and its lines on PostgreSQL in one statement: $1-$15 the purchase, then the
-# lines' arrays ($16-$21).
+# A purchase and its lines on PostgreSQL in one statement, which first claims the order id
+# for the program (nothing is stored, and no row is counted, if it was claimed before):
+# $1-$15 the purchase, then the lines' arrays ($16-$21).
 _INSERT_PURCHASE_PG = """
-WITH lines AS (
+WITH claim AS (
+    INSERT INTO order_claims (program_id, order_id, member_id) VALUES ($1, $3, $2)
+    ON CONFLICT DO NOTHING RETURNING 1
+), lines AS (
     INSERT INTO purchase_lines (program_id, member_id, order_id, line_index, sku, category,
         quantity, unit_price_minor, points, returned_quantity)
     SELECT $1, $2, $3, l.*, 0 FROM unnest($16::integer[], $17::varchar[], $18::varchar[],
         $19::bigint[], $20::bigint[], $21::bigint[]) AS l
+    WHERE EXISTS (SELECT FROM claim)
 )
 INSERT INTO purchases (program_id, member_id, order_id, purchase_time, store_id,
     currency_code, total_minor, eligible_minor, points_awarded, order_level_points, breakdown,
     returned_minor, points_reversed, tier_id, create_time)
-VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11::json, $12, $13, $14, $15)
+SELECT $1, $2, $3, $4::timestamptz, $5::varchar, $6::varchar, $7::bigint, $8::bigint,
+    $9::bigint, $10::bigint, $11::json, $12::bigint, $13::bigint, $14::varchar,
+    $15::timestamptz
+WHERE EXISTS (SELECT FROM claim)
 """
 
 
@@ -1117,21 +1125,14 @@ class AccountRepository(_Repository):
             return False
         return str(later.tier_before) if later.tier_before is not None else None
 
-    async def claim_order(self, program_id: str, order_id: str, member_id: str) -> bool:
-        """Claim an order id for the program; False if it was recorded already."""
-        result = await self.conn.execute(
-            self.insert_ignoring_conflicts(t.order_claims),
-            {"program_id": program_id, "order_id": order_id, "member_id": member_id},
-        )
-        return bool(result.rowcount)
-
     async def add_purchase(
         self, program_id: str, member_id: str, p: NewPurchase, now: datetime
-    ) -> None:
-        """Store a purchase and its lines."""
+    ) -> bool:
+        """Claim the order id for the program and store the purchase and its lines; False,
+        and nothing stored, if the order id was recorded already."""
         if self.dialect == "postgresql":
             lines = p.lines
-            await self.conn.exec_driver_sql(
+            claimed = await self.conn.exec_driver_sql(
                 _INSERT_PURCHASE_PG,
                 (
                     program_id,
@@ -1153,7 +1154,13 @@ class AccountRepository(_Repository):
                     *([line[n] for line in lines] for n in range(5)),
                 ),
             )
-            return
+            return bool(claimed.rowcount)
+        claim = await self.conn.execute(
+            self.insert_ignoring_conflicts(t.order_claims),
+            {"program_id": program_id, "order_id": p.order_id, "member_id": member_id},
+        )
+        if not claim.rowcount:
+            return False
         await self.conn.execute(
             _insert_purchase,
             {
@@ -1193,6 +1200,7 @@ class AccountRepository(_Repository):
                     for i, (sku, category, quantity, price, points) in enumerate(p.lines)
                 ],
             )
+        return True
 
     async def get_purchase(
         self, program_id: str, member_id: str, order_id: str
