@@ -112,6 +112,7 @@ class Telemetry:
                     ("writes", "Writes that joined a group-commit batch"),
                     ("run_alone", "Writes a batch handed back to run in their own transaction"),
                     ("skipped", "Queued writes skipped because their caller gave up"),
+                    ("failed_batches", "Batches whose COMMIT or connection failed"),
                     ("largest_batch", "The largest group-commit batch"),
                 ):
                     gauge = Gauge(f"loyalty_group_commit_{name}", doc, registry=r)

@@ -29,6 +29,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import time
 import zlib
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
@@ -53,6 +54,7 @@ RUN_ALONE: Final = _RunAlone()
 """The batch could not decide this write: run it in a transaction of its own."""
 
 Write = Callable[["UnitOfWork"], Awaitable[Any]]
+WARN_EVERY_SECONDS = 5.0
 
 
 @dataclass
@@ -72,6 +74,7 @@ class GroupCommitStats:
     writes: int = 0
     run_alone: int = 0
     skipped: int = 0
+    failed_batches: int = 0
     largest_batch: int = 0
 
 
@@ -97,6 +100,7 @@ class GroupCommit:
         self._tasks: list[asyncio.Task[None]] = []
         self._loop: asyncio.AbstractEventLoop | None = None
         self._closed = False
+        self._last_warning = -WARN_EVERY_SECONDS
 
     def _start(self) -> None:
         loop = asyncio.get_running_loop()
@@ -149,13 +153,14 @@ class GroupCommit:
         if stats.batches:
             log.info(
                 "group commit: %d writes in %d batches (%.1f a batch, largest %d); "
-                "%d ran alone, %d skipped",
+                "%d ran alone, %d skipped, %d batches failed",
                 stats.writes,
                 stats.batches,
                 stats.writes / stats.batches,
                 stats.largest_batch,
                 stats.run_alone,
                 stats.skipped,
+                stats.failed_batches,
             )
         for queue in self._queues:
             while not queue.empty():
@@ -188,14 +193,25 @@ class GroupCommit:
                 self._answer(live, committed=False)  # the lane stops; `run` starts another
                 raise
             except Exception as exc:  # the COMMIT or the connection failed: outcome unknown
-                log.warning(
-                    "group commit: a batch of %d failed (%s); each write runs alone",
-                    len(live),
-                    type(exc).__name__,
-                )
+                self._warn_failed_batch(len(live), exc)
                 self._answer(live, committed=False)
             else:
                 self._answer(live, committed=True)
+
+    def _warn_failed_batch(self, size: int, exc: Exception) -> None:
+        """One warning per WARN_EVERY_SECONDS at most: an outage fails every batch."""
+        self.stats.failed_batches += 1
+        now = time.monotonic()
+        if now - self._last_warning < WARN_EVERY_SECONDS:
+            return
+        log.warning(
+            "group commit: a batch of %d failed (%s); each write runs alone "
+            "(%d failed batches since start)",
+            size,
+            type(exc).__name__,
+            self.stats.failed_batches,
+        )
+        self._last_warning = now
 
     async def _run_batch(self, jobs: list[_Job]) -> None:
         self.stats.batches += 1

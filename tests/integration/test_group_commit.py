@@ -126,7 +126,9 @@ async def test_a_write_stuck_on_a_lock_holds_its_batch_only_until_lock_timeout(
 
 
 @pytest.mark.parametrize("database_url", ["postgres"], indirect=True)
-async def test_a_batch_whose_connection_dies_runs_every_write_alone_once(app, scenario) -> None:
+async def test_a_batch_whose_connection_dies_runs_every_write_alone_once(
+    app, scenario, caplog
+) -> None:
     program = await scenario.program()
     members = [await scenario.member(program) for _ in range(3)]
     servicer = PointsServicer(app)
@@ -144,6 +146,10 @@ async def test_a_batch_whose_connection_dies_runs_every_write_alone_once(app, sc
     )
     assert all(r is RUN_ALONE for r in results[3:]), results[3:]
     assert group.stats.run_alone >= alone_before + 3 + 8
+    # Both lanes' batches failed, and the log said so once (an outage fails every batch).
+    assert group.stats.failed_batches == 2
+    warnings = [r for r in caplog.records if "group commit: a batch" in r.getMessage()]
+    assert len(warnings) == 1
     for reply in results[:3]:
         assert not isinstance(reply, BaseException), reply
         assert reply.points_awarded == 30
