@@ -51,6 +51,7 @@ from loyalty_engine.services.points import lock_member, settle
 from loyalty_engine.services.programs import load_program
 from loyalty_engine.services.segments import refresh_segments
 from loyalty_engine.storage.offers import RuleSubject
+from loyalty_engine.storage.repositories import LockedAccount
 from loyalty_engine.storage.unit_of_work import UnitOfWork
 
 CODE_ATTEMPTS = 8
@@ -411,15 +412,47 @@ async def apply_rules(
     )
 
 
+def subject_of(locked: LockedAccount) -> RuleSubject:
+    """The member as the rules see them, from their account as this transaction holds it
+    (the purchase's statistics and tier included): what `subjects` would read, unread."""
+    profile = locked.profile
+    if profile is None:
+        raise ValueError("the account was loaded without the member's profile")
+    return RuleSubject(
+        member_id=locked.member_id,
+        state=locked.member_state,
+        given_name=profile.given_name,
+        has_email=profile.has_email,
+        birth_date=profile.birth_date,
+        join_time=profile.join_time,
+        create_time=profile.create_time,
+        marketing_consent=profile.marketing_consent,
+        tier_id=locked.tier.tier_id,
+        order_count=locked.stats.order_count,
+        total_spend_minor=locked.stats.total_spend_minor,
+        last_purchase_time=locked.stats.last_purchase_time,
+    )
+
+
 async def rules_after_purchase(
-    rules: Sequence[Rule], uow: UnitOfWork, program_id: str, member_id: str, now: datetime
+    rules: Sequence[Rule], uow: UnitOfWork, locked: LockedAccount, now: datetime
 ) -> list[Offer]:
-    """Run the purchase rules for the member who just bought; the offers they issued."""
+    """Run the purchase rules for the member who just bought, whose account the purchase
+    holds locked; the offers they issued."""
     purchase_rules = [r for r in rules if Trigger.PURCHASE in r.triggers]
     if not purchase_rules:
         return []
-    program = await load_program(uow, program_id)
-    applied = await apply_rules(uow, program, purchase_rules, [member_id], now, Trigger.PURCHASE)
+    program = await load_program(uow, locked.program_id)
+    applied = await _apply(
+        uow,
+        program,
+        purchase_rules,
+        [subject_of(locked)],
+        now,
+        Trigger.PURCHASE,
+        dry_run=False,
+        ranking=None,
+    )
     return applied.offers
 
 

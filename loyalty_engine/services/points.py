@@ -93,8 +93,9 @@ class PurchaseResult:
     offers_issued: tuple[Any, ...] = ()  # loyalty_engine.domain.offers.Offer
 
 
-# Runs the rules for a member after a purchase, in its transaction; returns the offers issued.
-AfterPurchase = Callable[[UnitOfWork, str, str, datetime], Awaitable[Sequence[Any]]]
+# Runs the rules for a member after a purchase, in its transaction and under its lock on
+# the member's account; returns the offers issued.
+AfterPurchase = Callable[[UnitOfWork, LockedAccount, datetime], Awaitable[Sequence[Any]]]
 
 
 @dataclass(frozen=True)
@@ -409,7 +410,7 @@ async def record_purchase(
         if at == now:  # the same window the balance's tier progress reads
             value_now = value
     await uow.accounts.save(locked, now)
-    offers = tuple(await after(uow, cmd.program_id, cmd.member_id, now)) if after else ()
+    offers = tuple(await after(uow, locked, now)) if after else ()
     return PurchaseResult(
         offers_issued=offers,
         points_awarded=award.total,

@@ -10,7 +10,7 @@ import functools
 import json
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import date, datetime
 from typing import Any
 
 import sqlalchemy as sa
@@ -589,6 +589,18 @@ class MemberRepository(_Repository):
 # --- accounts, ledger, purchases ----------------------------------------------------------
 
 
+@dataclass(frozen=True)
+class MemberProfile:
+    """What the rules read of a member's profile, loaded with the account."""
+
+    given_name: str | None
+    has_email: bool
+    birth_date: date | None
+    join_time: datetime | None
+    create_time: datetime | None
+    marketing_consent: bool
+
+
 @dataclass
 class LockedAccount:
     """A member's account loaded under a row lock, ready for domain operations."""
@@ -601,6 +613,7 @@ class LockedAccount:
     tier_change_seq: int
     member_state: MemberState
     stats: BuyingStats = field(default_factory=lambda: BuyingStats())
+    profile: MemberProfile | None = None  # loaded with the account (None if built by hand)
 
 
 @dataclass
@@ -733,6 +746,14 @@ def _qualifying_measure(metric: QualifyingMetric) -> sa.ColumnElement[Any]:
     return p.c.points_awarded - p.c.points_reversed
 
 
+_PROFILE_FIELDS = (
+    "given_name",
+    "email",
+    "birth_date",
+    "join_time",
+    "create_time",
+    "marketing_consent",
+)
 _LOT_FIELDS = (
     "order_id",
     "earned_time",
@@ -768,7 +789,11 @@ def _account_statement(
     see the locked row as it is now but the joined lots as they were before it waited.
     """
     a, m, lots, p = t.member_accounts, t.members, t.points_lots, t.purchases
-    columns: list[Any] = [a, m.c.state]
+    columns: list[Any] = [
+        a,
+        m.c.state,
+        *(m.c[name].label(f"member_{name}") for name in _PROFILE_FIELDS),
+    ]
     if metric is not None:
         columns.append(
             sa.select(sa.func.coalesce(sa.func.sum(_qualifying_measure(metric)), 0))
@@ -896,6 +921,14 @@ class AccountRepository(_Repository):
                 row.last_purchase_time,
                 row.order_count,
                 row.total_spend_minor,
+            ),
+            profile=MemberProfile(
+                given_name=row.member_given_name,
+                has_email=bool(row.member_email),
+                birth_date=row.member_birth_date,
+                join_time=row.member_join_time,
+                create_time=row.member_create_time,
+                marketing_consent=row.member_marketing_consent,
             ),
         )
         return locked, None if metric is None else int(row.qualifying_value)

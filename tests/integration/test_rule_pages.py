@@ -335,12 +335,13 @@ async def test_a_page_waits_for_a_member_a_purchase_holds(app: App) -> None:
         return await svc.run_rules(app.db.unit_of_work, rules, program_id, app.clock())
 
     async with app.db.unit_of_work() as purchase:
-        await purchase.accounts.lock(program_id, "e1")  # as RecordPurchase holds it
+        locked = await purchase.accounts.lock(program_id, "e1")  # as RecordPurchase does
         running = asyncio.create_task(run())
         await asyncio.sleep(0.5)
         assert not running.done()
         # The purchase's own rule run issues the birthday offer under its lock ...
-        issued = await svc.rules_after_purchase(rules, purchase, program_id, "e1", app.clock())
+        assert locked is not None
+        issued = await svc.rules_after_purchase(rules, purchase, locked, app.clock())
         await purchase.commit()
     assert [o.rule_id for o in issued] == ["birthday"]
     # ... and the page, let in after it, sees it and issues nothing twice.
@@ -373,3 +374,26 @@ async def test_a_segment_run_pages_through_the_segment(app: App) -> None:
     )  # fmt: skip
     assert whole.members_evaluated == paged.members_evaluated == size
     assert _outcomes(whole) == _outcomes(paged)
+
+
+async def test_the_purchase_hook_sees_the_member_as_a_fresh_read_would(app: App) -> None:
+    """The hook builds its subject from the account the purchase holds, without a query:
+    it must equal what `subjects` reads once the purchase is written."""
+    program_id = await _program(app)
+    birthday = app.clock().date().replace(year=1988)
+    await _member(app, program_id, "h1", spends=(2_500,), birth_date=birthday)
+    now = app.clock()
+    seen: list[svc.RuleSubject] = []
+
+    async def hook(uow: Any, locked: Any, at: Any) -> list[Any]:
+        seen.append(svc.subject_of(locked))
+        return await svc.rules_after_purchase(app.rules.rules, uow, locked, at)
+
+    async with app.db.unit_of_work() as uow:
+        cmd = RecordPurchase(program_id, "h1", uid("o"), now, "web", "EUR", 4_000)
+        await record_purchase(uow, cmd, now, hook)
+        [read] = await uow.offers.subjects(program_id, ["h1"], lock=False)
+        await uow.commit()
+    assert seen == [read]
+    assert (read.order_count, read.total_spend_minor, read.given_name) == (2, 6_500, "H1")
+    assert read.birth_date == birthday and read.last_purchase_time == now
