@@ -707,15 +707,16 @@ class StoredTierChange:
 
 
 def _lot_from_row(row: Any) -> PointsLot:
+    """A lot from a row of the account statement or `_open_lots` (columns `lot_*`)."""
     return PointsLot(
         lot_id=row.lot_id,
-        order_id=row.order_id,
-        earned_time=row.earned_time,
-        available_time=row.available_time,
-        expires_time=row.expires_time,
-        points=row.points,
-        remaining=row.remaining,
-        pending=row.pending,
+        order_id=row.lot_order_id,
+        earned_time=row.lot_earned_time,
+        available_time=row.lot_available_time,
+        expires_time=row.lot_expires_time,
+        points=row.lot_points,
+        remaining=row.lot_remaining,
+        pending=row.lot_pending,
     )
 
 
@@ -765,15 +766,22 @@ _LOT_FIELDS = (
 )
 
 
-@functools.cache
-def _qualifying_statement(metric: QualifyingMetric) -> sa.Select[Any]:
+def _qualifying_sum(
+    metric: QualifyingMetric, program_id: sa.ColumnElement[Any], member_id: sa.ColumnElement[Any]
+) -> sa.Select[Any]:
+    """The tier metric of a member's purchases in (:start, :end]."""
     p = t.purchases
     return sa.select(sa.func.coalesce(sa.func.sum(_qualifying_measure(metric)), 0)).where(
-        p.c.program_id == sa.bindparam("program_id"),
-        p.c.member_id == sa.bindparam("member_id"),
+        p.c.program_id == program_id,
+        p.c.member_id == member_id,
         p.c.purchase_time > sa.bindparam("start", type_=t.Ts),
         p.c.purchase_time <= sa.bindparam("end", type_=t.Ts),
     )
+
+
+@functools.cache
+def _qualifying_statement(metric: QualifyingMetric) -> sa.Select[Any]:
+    return _qualifying_sum(metric, sa.bindparam("program_id"), sa.bindparam("member_id"))
 
 
 @functools.cache
@@ -788,7 +796,7 @@ def _account_statement(
     statement of its own: under READ COMMITTED a statement that waited for the lock would
     see the locked row as it is now but the joined lots as they were before it waited.
     """
-    a, m, lots, p = t.member_accounts, t.members, t.points_lots, t.purchases
+    a, m, lots = t.member_accounts, t.members, t.points_lots
     columns: list[Any] = [
         a,
         m.c.state,
@@ -796,13 +804,7 @@ def _account_statement(
     ]
     if metric is not None:
         columns.append(
-            sa.select(sa.func.coalesce(sa.func.sum(_qualifying_measure(metric)), 0))
-            .where(
-                p.c.program_id == a.c.program_id,
-                p.c.member_id == a.c.member_id,
-                p.c.purchase_time > sa.bindparam("start", type_=t.Ts),
-                p.c.purchase_time <= sa.bindparam("end", type_=t.Ts),
-            )
+            _qualifying_sum(metric, a.c.program_id, a.c.member_id)
             .scalar_subquery()
             .label("qualifying_value")
         )
@@ -894,19 +896,7 @@ class AccountRepository(_Repository):
             expired=row.expired,
             reversed=row.reversed,
             last_activity_time=row.last_activity_time,
-            lots=[
-                PointsLot(
-                    lot_id=r.lot_id,
-                    order_id=r.lot_order_id,
-                    earned_time=r.lot_earned_time,
-                    available_time=r.lot_available_time,
-                    expires_time=r.lot_expires_time,
-                    points=r.lot_points,
-                    remaining=r.lot_remaining,
-                    pending=r.lot_pending,
-                )
-                for r in lot_rows
-            ],
+            lots=[_lot_from_row(r) for r in lot_rows],
         )
         locked = LockedAccount(
             program_id=program_id,
