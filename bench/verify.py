@@ -24,6 +24,7 @@ import random
 import time
 from collections import Counter
 from dataclasses import dataclass, field
+from typing import Any
 
 import grpc
 
@@ -68,6 +69,28 @@ def members_to_check(
     return sorted(touched | set(rng.sample(untouched, min(sample, len(untouched)))))
 
 
+async def all_pages(
+    method: Any,
+    request_type: Any,
+    items: str,
+    parent: str,
+    metadata: tuple[tuple[str, str], ...],
+) -> list[Any]:
+    """Every item of a paged List call under `parent`, page after page."""
+    found: list[Any] = []
+    token = ""
+    while True:
+        page = await method(
+            request_type(parent=parent, page_size=500, page_token=token),
+            timeout=60,
+            metadata=metadata,
+        )
+        found.extend(getattr(page, items))
+        token = page.next_page_token
+        if not token:
+            return found
+
+
 async def verify_ledgers(
     channel: grpc.aio.Channel,
     members: list[str],
@@ -104,20 +127,13 @@ async def verify_ledgers(
                 metadata=metadata,
             )
         ).balance
-        entries = []
-        token = ""
-        while True:
-            page = await stub.ListLedgerEntries(
-                points_service_pb2.ListLedgerEntriesRequest(
-                    parent=member, page_size=500, page_token=token
-                ),
-                timeout=60,
-                metadata=metadata,
-            )
-            entries.extend(page.ledger_entries)
-            token = page.next_page_token
-            if not token:
-                break
+        entries = await all_pages(
+            stub.ListLedgerEntries,
+            points_service_pb2.ListLedgerEntriesRequest,
+            "ledger_entries",
+            member,
+            metadata,
+        )
         report.members_checked += 1
         report.entries_read += len(entries)
         problems = []
@@ -204,20 +220,13 @@ async def verify_ledgers(
         report.discrepancies.extend(f"{member}: {p}" for p in problems)
 
     async def list_redemptions(member: str) -> list[reward_service_pb2.Redemption]:
-        listed: list[reward_service_pb2.Redemption] = []
-        token = ""
-        while True:
-            page = await rewards.ListRedemptions(
-                reward_service_pb2.ListRedemptionsRequest(
-                    parent=member, page_size=500, page_token=token
-                ),
-                timeout=60,
-                metadata=metadata,
-            )
-            listed.extend(page.redemptions)
-            token = page.next_page_token
-            if not token:
-                return listed
+        return await all_pages(
+            rewards.ListRedemptions,
+            reward_service_pb2.ListRedemptionsRequest,
+            "redemptions",
+            member,
+            metadata,
+        )
 
     async def worker() -> None:
         for index in todo:
