@@ -465,11 +465,12 @@ async def _segments(settings: Settings, args: argparse.Namespace, out: TextIO) -
         after = ""
         while True:
             async with app.db.unit_of_work() as uow:
-                batch = await segment_members(uow, args.program, args.segment, after, 5000)
+                page = await segment_members(uow, args.program, args.segment, after, 5000)
+            batch = page.members
             for m in batch:
                 writer.writerow([
                     f"programs/{args.program}/members/{m.member_id}", m.external_id,
-                    m.scores.recency, m.scores.frequency, m.scores.monetary, m.scores.segment_id,
+                    m.recency, m.frequency, m.monetary, page.segment_id,
                 ])  # fmt: skip
             if len(batch) < 5000:
                 break

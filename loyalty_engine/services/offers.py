@@ -565,9 +565,9 @@ async def _walk(
             else:
                 listed = [
                     m.member_id
-                    for m in await uow.segments.segment_members(
-                        program_id, segment_id, after, page_size
-                    )
+                    for m in (
+                        await uow.segments.segment_members(program_id, segment_id, after, page_size)
+                    ).members
                 ]
                 subjects = await uow.offers.subjects(program_id, listed, lock=not dry_run)
             report.add(

@@ -12,7 +12,7 @@ from loyalty_engine.domain.names import child_name
 from loyalty_engine.domain.segments import SEGMENTS, Segment, segment_by_id
 from loyalty_engine.services.members import get_member
 from loyalty_engine.services.programs import get_program, load_program
-from loyalty_engine.storage.segments import Scores, SegmentMember
+from loyalty_engine.storage.segments import Scores, SegmentPage
 from loyalty_engine.storage.unit_of_work import UnitOfWork
 
 METRICS = ("spend", "orders", "points", "aov")
@@ -106,10 +106,10 @@ async def list_segments(uow: UnitOfWork, program_id: str) -> list[SegmentCount]:
 
 async def segment_members(
     uow: UnitOfWork, program_id: str, segment_id: str, after_id: str, limit: int
-) -> list[SegmentMember]:
-    """A batch of a segment's members, by member id."""
+) -> SegmentPage:
+    """A page of a segment's members, by member id."""
     segment_by_id(segment_id)
-    await get_program(uow, program_id)
+    await load_program(uow, program_id)
     return await uow.segments.segment_members(program_id, segment_id, after_id, limit)
 
 
@@ -135,30 +135,47 @@ async def top_customers(
         raise InvalidArgument.for_field("metric", f"must be one of {', '.join(METRICS)}")
     if window not in WINDOWS:
         raise InvalidArgument.for_field("window", f"must be one of {', '.join(WINDOWS)}")
-    await load_program(uow, program_id)
-    if await uow.segments.last_refresh(program_id) is None:
-        if not refresh_missing:
-            return None
-        await refresh_segments(uow, program_id, now)
     if top_n is not None:
         if not 1 <= top_n <= MAX_TOP_N:
             raise InvalidArgument.for_field("top_n", f"must be 1-{MAX_TOP_N}")
-        limit = top_n
     elif top_percent_bp is not None:
         if not 1 <= top_percent_bp <= 10_000:
             raise InvalidArgument.for_field("top_percent_basis_points", "must be 1-10000")
-        eligible = await uow.segments.members_with_value(program_id, metric, window)
-        limit = math.ceil(eligible * top_percent_bp / 10_000)
-        if limit == 0:
-            return []
     else:
         raise InvalidArgument.for_field("limit", "set top_n or top_percent_basis_points")
-    ranked = await uow.segments.top(program_id, metric, window, limit)
+    await load_program(uow, program_id)
+    ranked = await _ranked(uow, program_id, metric, window, top_n, top_percent_bp)
+    # Nobody ranked: either nobody has a value in the window, or the program was never
+    # scored (asked only then, so that the usual call is one statement).
+    if not ranked and await uow.segments.last_refresh(program_id) is None:
+        if not refresh_missing:
+            return None
+        await refresh_segments(uow, program_id, now)
+        ranked = await _ranked(uow, program_id, metric, window, top_n, top_percent_bp)
     result: list[TopCustomer] = []
     for position, (member_id, value) in enumerate(ranked, start=1):
         rank = result[-1].rank if result and result[-1].value == value else position
         result.append(TopCustomer(rank, member_id, value))
     return result
+
+
+async def _ranked(
+    uow: UnitOfWork,
+    program_id: str,
+    metric: str,
+    window: str,
+    top_n: int | None,
+    top_percent_bp: int | None,
+) -> list[tuple[str, int]]:
+    if top_n is not None:
+        limit = top_n
+    else:
+        assert top_percent_bp is not None
+        eligible = await uow.segments.members_with_value(program_id, metric, window)
+        limit = math.ceil(eligible * top_percent_bp / 10_000)
+        if limit == 0:
+            return []
+    return await uow.segments.top(program_id, metric, window, limit)
 
 
 async def active_offer_ids(

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from datetime import timedelta
 
 import grpc
@@ -138,6 +139,13 @@ async def test_top_customers_n_and_percent_with_ties(scenario, clock, errors) ->
     two = await top(top_n=2)
     assert [(c.rank, c.value) for c in two.customers] == [(1, 9_000), (2, 7_000), (2, 7_000)]
     assert two.customers[0].member == members[0]
+    four = await top(top_n=4)  # the cut falls between two values: nobody tied with the last
+    assert [c.value for c in four.customers] == [9_000, 7_000, 7_000, 5_000]
+    five = await top(top_n=5)  # the fifth is tied with the five below it, who all come along
+    assert [c.rank for c in five.customers] == [1, 2, 2, 4] + [5] * 6
+    assert [c.member for c in five.customers][4:] == sorted(members[4:])  # ties by member id
+    everyone = await top(top_n=100)  # more than rank: everyone who does, once each
+    assert sorted(c.member for c in everyone.customers) == sorted(members)
     ten_percent = await top(top_percent_basis_points=1_000)
     assert [c.member for c in ten_percent.customers] == [members[0]]
     half = await top(top_percent_basis_points=5_000)
@@ -204,6 +212,41 @@ async def test_segment_export_in_pages_matches_the_export_by_member(scenario, cl
         "INVALID_FIELD",
         ["page_size"],
     )
+
+
+async def test_an_export_cancelled_midway_gives_back_its_connection(scenario, app) -> None:
+    """The server reads the next page while it sends one; a caller who goes away stops it."""
+    program = await scenario.program()
+    for _ in range(6):
+        await scenario.purchase(await scenario.member(program), 2_000)
+    await _refresh(scenario, program)
+    listed = await _stub(scenario).ListSegments(
+        sp.ListSegmentsRequest(parent=f"programs/{program}")
+    )
+    (segment,) = [s.name for s in listed.segments if s.member_count == 6]
+    request = sp.ListSegmentMembersRequest(segment=segment, page_size=1)
+
+    call = _stub(scenario).ListSegmentMembers(request)
+    first = await call.read()
+    assert len(first.members) == 1
+    call.cancel()
+    pool = app.db.engine.pool
+    for _ in range(200):
+        if pool.checkedout() == 0:
+            break
+        await asyncio.sleep(0.01)
+    assert (
+        pool.checkedout() == 0
+    )  # the read of the next page was stopped and gave back its connection
+
+    pages = [reply async for reply in _stub(scenario).ListSegmentMembers(request)]
+    assert [len(p.members) for p in pages] == [1] * 6
+
+    # An error found by the first read reaches the caller as a status.
+    missing = sp.ListSegmentMembersRequest(segment=f"programs/{program}-none/segments/loyal")
+    with pytest.raises(grpc.aio.AioRpcError) as caught:
+        _ = [reply async for reply in _stub(scenario).ListSegmentMembers(missing)]
+    assert error_info(caught.value)[:2] == (grpc.StatusCode.NOT_FOUND, "PROGRAM_NOT_FOUND")
 
 
 async def test_a_refresh_rescores_what_changed_and_dates_every_score_by_itself(

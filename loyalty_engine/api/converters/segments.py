@@ -2,14 +2,14 @@
 
 from __future__ import annotations
 
-from datetime import datetime
+from google.protobuf.internal.containers import RepeatedCompositeFieldContainer
 
 from loyalty_engine.api.converters.common import set_timestamp
 from loyalty_engine.domain.names import child_name, member_name
 from loyalty_engine.gen.loyalty.v1 import common_pb2
 from loyalty_engine.gen.loyalty.v1 import segment_service_pb2 as pb
 from loyalty_engine.services.segments import MemberInsights, ProgramMetrics, SegmentCount
-from loyalty_engine.storage.segments import Scores, SegmentMember
+from loyalty_engine.storage.segments import Scores, SegmentPage
 
 METRIC = {
     pb.TOP_CUSTOMER_METRIC_SPEND: "spend",
@@ -47,31 +47,26 @@ def scores_to_proto(program_id: str, scores: Scores) -> pb.RfmScores:
     return msg
 
 
-def segment_members_to_proto(program_id: str, items: list[SegmentMember]) -> list[pb.SegmentMember]:
-    """A page of exported members.
+def add_segment_members(
+    out: RepeatedCompositeFieldContainer[pb.SegmentMember], program_id: str, page: SegmentPage
+) -> None:
+    """Append a page of exported members to a repeated field.
 
-    A page comes from one refresh, so the members share the segment's name and (nearly
-    always) the compute time: those are made once per page, not once per member.
+    The members of a page share the segment and the refresh, so those are made once per page;
+    each member is then added in place (building a message and copying it into the list
+    took three times as long).
     """
-    out: list[pb.SegmentMember] = []
-    template: pb.RfmScores | None = None
-    template_key: tuple[str, datetime] | None = None
-    for item in items:
-        s = item.scores
-        if template is None or template_key != (s.segment_id, s.compute_time):
-            template = scores_to_proto(program_id, s)
-            template_key = (s.segment_id, s.compute_time)
-        scores = pb.RfmScores(recency=s.recency, frequency=s.frequency, monetary=s.monetary)
-        scores.segment = template.segment
-        scores.compute_time.CopyFrom(template.compute_time)
-        out.append(
-            pb.SegmentMember(
-                member=member_name(program_id, item.member_id),
-                external_id=item.external_id,
-                scores=scores,
-            )
-        )
-    return out
+    if not page.members:
+        return
+    template = scores_to_proto(program_id, page.scores(page.members[0]))
+    segment, when = template.segment, template.compute_time
+    prefix = member_name(program_id, "")
+    add = out.add
+    for m in page.members:
+        scores = add(member=prefix + m.member_id, external_id=m.external_id).scores
+        scores.recency, scores.frequency, scores.monetary = m.recency, m.frequency, m.monetary
+        scores.segment = segment
+        scores.compute_time.CopyFrom(when)
 
 
 def _money(amount: int, currency: str) -> common_pb2.Money:

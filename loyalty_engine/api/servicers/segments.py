@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator
 from functools import partial
 from typing import Any, TypeAlias
@@ -18,12 +19,11 @@ from loyalty_engine.domain.names import member_name, parse_child, parse_member, 
 from loyalty_engine.gen.loyalty.v1 import segment_service_pb2 as pb
 from loyalty_engine.gen.loyalty.v1 import segment_service_pb2_grpc as pb_grpc
 from loyalty_engine.services import segments as svc
-from loyalty_engine.storage.segments import SegmentMember
-from loyalty_engine.storage.unit_of_work import UnitOfWork
+from loyalty_engine.storage.segments import SegmentPage
 
 Ctx: TypeAlias = grpc.aio.ServicerContext[Any, Any]
 
-EXPORT_BATCH = 2000  # members read per transaction when streaming one per message
+EXPORT_BATCH = 2000  # members read per statement when streaming one per message
 MAX_PAGE_SIZE = 5000
 
 
@@ -77,33 +77,43 @@ class SegmentServicer(pb_grpc.SegmentServiceServicer):
         if not 0 <= request.page_size <= MAX_PAGE_SIZE:
             raise InvalidArgument.for_field("page_size", f"must be 0-{MAX_PAGE_SIZE}")
         page_size = request.page_size or EXPORT_BATCH
-        after = ""
-        while True:
-            batch: list[SegmentMember] = await in_transaction(
-                self.app,
-                partial(self._export_batch, name.program_id, name.resource_id, after, page_size),
-            )
-            if request.page_size:
-                if batch:
+        program_id = name.program_id
+        read = partial(self._export_page, program_id, name.resource_id, page_size)
+        # The next page is read while this one is encoded and sent, so the database and the
+        # stream work side by side instead of taking turns.
+        reading: asyncio.Future[SegmentPage] | None = asyncio.ensure_future(read(""))
+        try:
+            while reading is not None:
+                page = await reading
+                reading = None
+                if len(page.members) == page_size:
+                    reading = asyncio.ensure_future(read(page.members[-1].member_id))
+                if request.page_size:
+                    if page.members:
+                        reply = pb.ListSegmentMembersResponse()
+                        conv.add_segment_members(reply.members, program_id, page)
+                        yield reply
+                    continue
+                for item in page.members:
                     yield pb.ListSegmentMembersResponse(
-                        members=conv.segment_members_to_proto(name.program_id, batch)
-                    )
-            else:
-                for item in batch:
-                    yield pb.ListSegmentMembersResponse(
-                        member=member_name(name.program_id, item.member_id),
+                        member=member_name(program_id, item.member_id),
                         external_id=item.external_id,
-                        scores=conv.scores_to_proto(name.program_id, item.scores),
+                        scores=conv.scores_to_proto(program_id, page.scores(item)),
                     )
-            if len(batch) < page_size:
-                return
-            after = batch[-1].member_id
+        finally:
+            if reading is not None:  # the caller went away, or sending failed
+                reading.cancel()
+                await asyncio.gather(reading, return_exceptions=True)
 
-    @staticmethod
-    async def _export_batch(
-        program_id: str, segment_id: str, after: str, limit: int, uow: UnitOfWork
-    ) -> list[SegmentMember]:
-        return await svc.segment_members(uow, program_id, segment_id, after, limit)
+    async def _export_page(
+        self, program_id: str, segment_id: str, limit: int, after: str
+    ) -> SegmentPage:
+        # One statement per page: no transaction around it.
+        return await in_transaction(
+            self.app,
+            lambda uow: svc.segment_members(uow, program_id, segment_id, after, limit),
+            autocommit=True,
+        )
 
     @grpc_method
     async def ListTopCustomers(
@@ -130,9 +140,14 @@ class SegmentServicer(pb_grpc.SegmentServiceServicer):
             else None,
             now=self.app.clock(),
         )
-        # A read-only transaction, unless the program was never scored: then the first
-        # call computes the scores and commits them.
-        top = await in_transaction(self.app, lambda uow: top_customers(uow, refresh_missing=False))
+        # Reads only, unless the program was never scored: then the first call computes the
+        # scores and commits them. The top N is one statement, so it needs no transaction
+        # around it; the top percent counts first and ranks second, from one snapshot.
+        top = await in_transaction(
+            self.app,
+            lambda uow: top_customers(uow, refresh_missing=False),
+            autocommit=limit == "top_n",
+        )
         if top is None:
             top = await in_transaction(self.app, lambda uow: top_customers(uow), commit=True)
         assert top is not None  # a refreshed program always has an answer, if an empty one
