@@ -8,6 +8,8 @@ Scores are quintiles 1-5 over the program's members with purchases:
 
 A score is ``1 + 5 * (rank - 1) // n`` with ``rank`` the SQL ``RANK()`` (1-based, ties
 share the lowest rank) over ``n`` scored members, so equal values always score the same.
+(PostgreSQL computes the same numbers from cuts rather than ranks; see
+``loyalty_engine/storage/segments.py``.)
 
 Named segments follow the widely used R x F grid (M is reported, not used for naming):
 
