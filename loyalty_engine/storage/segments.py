@@ -6,7 +6,7 @@ import functools
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Any, Protocol, cast
+from typing import Any, NamedTuple
 
 import sqlalchemy as sa
 
@@ -200,23 +200,14 @@ class Scores:
     compute_time: datetime
 
 
-class SegmentMember(Protocol):
-    """One member of a segment, for export: the ids and the R, F and M scores.
+class SegmentMember(NamedTuple):
+    """One member of a segment, for export: the ids and the R, F and M scores."""
 
-    A page holds the database's rows as they come (read by these names): building an object
-    per member cost more than the rest of reading a page did.
-    """
-
-    @property
-    def member_id(self) -> str: ...
-    @property
-    def external_id(self) -> str: ...
-    @property
-    def recency(self) -> int: ...
-    @property
-    def frequency(self) -> int: ...
-    @property
-    def monetary(self) -> int: ...
+    member_id: str
+    external_id: str
+    recency: int
+    frequency: int
+    monetary: int
 
 
 @dataclass(frozen=True)
@@ -318,6 +309,14 @@ def _segment_page() -> sa.Select[Any]:
 _SEGMENT_PAGE = _segment_page()
 
 
+@functools.cache
+def _compiled_for(dialect: sa.Dialect) -> tuple[str, tuple[str, ...]]:
+    """The export page's SQL for a positional driver, and its parameters' names in order."""
+    compiled = _SEGMENT_PAGE.compile(dialect=dialect)
+    assert compiled.positiontup is not None
+    return str(compiled), tuple(compiled.positiontup)
+
+
 class SegmentRepository(_Repository):
     """Scores and the queries marketing tools run on them."""
 
@@ -373,23 +372,30 @@ class SegmentRepository(_Repository):
 
         One statement, so one snapshot: the page and the refresh time it reports agree.
         """
-        rows = (
-            await self.conn.execute(
-                _SEGMENT_PAGE,
-                {
-                    "program_id": program_id,
-                    "segment_id": segment_id,
-                    "after": after_id,
-                    "limit": limit,
-                },
-            )
-        ).all()
+        params = {
+            "program_id": program_id,
+            "segment_id": segment_id,
+            "after": after_id,
+            "limit": limit,
+        }
+        rows: Sequence[Sequence[Any]]
+        if self.dialect == "postgresql":
+            # Straight to asyncpg with the statement SQLAlchemy compiled once: its records
+            # need no further handling, which was a tenth of an export's CPU.
+            sql, names = _compiled_for(self.conn.dialect)
+            driver = (await self.conn.get_raw_connection()).driver_connection
+            assert driver is not None
+            rows = await driver.fetch(sql, *(params[n] for n in names))
+        else:
+            rows = (await self.conn.execute(_SEGMENT_PAGE, params)).all()
         if not rows:
             return SegmentPage(segment_id, None, [])
         # The refresh time is the same on every row; typed plainly in the statement, so that
         # only this one value goes through the UTC conversion.
         when = t.Ts().process_result_value(rows[0][5], self.conn.dialect)
-        return SegmentPage(segment_id, when, cast(Sequence[SegmentMember], rows))
+        # Plain tuples from the start: reading a database row's fields by name cost about
+        # 0.4 us each, more than the rest of the page's handling per member.
+        return SegmentPage(segment_id, when, [SegmentMember._make(r[:5]) for r in rows])
 
     async def scores(self, program_id: str, member_id: str) -> Scores | None:
         """A member's scores, if computed."""

@@ -62,9 +62,9 @@ def add_segment_members(
     segment, when = template.segment, template.compute_time
     prefix = member_name(program_id, "")
     add = out.add
-    for m in page.members:
-        scores = add(member=prefix + m.member_id, external_id=m.external_id).scores
-        scores.recency, scores.frequency, scores.monetary = m.recency, m.frequency, m.monetary
+    for member_id, external_id, recency, frequency, monetary in page.members:
+        scores = add(member=prefix + member_id, external_id=external_id).scores
+        scores.recency, scores.frequency, scores.monetary = recency, frequency, monetary
         scores.segment = segment
         scores.compute_time.CopyFrom(when)
 
