@@ -151,6 +151,7 @@ async def _maintenance_loop(app: App) -> None:
     """Periodically release pending points, expire points and review tiers for every program."""
     from loyalty_engine.services.maintenance import run_maintenance
     from loyalty_engine.services.segments import refresh_segments
+    from loyalty_engine.storage.segments import settle_scores
 
     interval = app.settings.maintenance_interval_seconds
     while True:
@@ -164,6 +165,7 @@ async def _maintenance_loop(app: App) -> None:
                 async with app.db.unit_of_work() as uow:
                     await refresh_segments(uow, program_id, app.clock())
                     await uow.commit()
+                await settle_scores(app.db)
                 await _daily_rules(app, program_id)
                 if report.members_changed:
                     log.info("maintenance %s: %s", program_id, report)
@@ -450,6 +452,7 @@ async def _segments(settings: Settings, args: argparse.Namespace, out: TextIO) -
     import csv
 
     from loyalty_engine.services.segments import refresh_segments, segment_members
+    from loyalty_engine.storage.segments import settle_scores
 
     app = build_app(settings)
     try:
@@ -458,6 +461,7 @@ async def _segments(settings: Settings, args: argparse.Namespace, out: TextIO) -
             async with app.db.unit_of_work() as uow:
                 count = await refresh_segments(uow, args.program, app.clock())
                 await uow.commit()
+            await settle_scores(app.db)
             print(f"scored {count:,} members")
             return
         writer = csv.writer(out)

@@ -75,6 +75,19 @@ class Database:
             autocommit=autocommit,
         )
 
+    async def vacuum(self, table: str) -> None:
+        """VACUUM a table on PostgreSQL (outside any transaction; SQLite needs none).
+
+        For a table a bulk pass has just rewritten: it clears the old row versions and marks
+        the pages all-visible, so that index-only scans read no rows, also where autovacuum
+        is off or has not come round yet.
+        """
+        if self.is_sqlite:
+            return
+        async with self.engine.connect() as conn:
+            await conn.execution_options(isolation_level="AUTOCOMMIT")
+            await conn.exec_driver_sql(f'VACUUM "{table}"')
+
     async def ping(self) -> None:
         """Fail if the database cannot be reached."""
         async with self.engine.connect() as conn:

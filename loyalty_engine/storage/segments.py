@@ -6,7 +6,7 @@ import functools
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Any, NamedTuple
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 import sqlalchemy as sa
 
@@ -15,6 +15,9 @@ from loyalty_engine.storage import schema as t
 from loyalty_engine.storage.offers import span, spanning
 from loyalty_engine.storage.repositories import _Repository
 from loyalty_engine.storage.schema import RANKS, UtcDateTime
+
+if TYPE_CHECKING:
+    from loyalty_engine.storage.database import Database
 
 
 def _segment_case() -> str:
@@ -315,6 +318,16 @@ def _compiled_for(dialect: sa.Dialect) -> tuple[str, tuple[str, ...]]:
     compiled = _SEGMENT_PAGE.compile(dialect=dialect)
     assert compiled.positiontup is not None
     return str(compiled), tuple(compiled.positiontup)
+
+
+async def settle_scores(db: Database) -> None:
+    """After a refresh has committed: vacuum the scores it rewrote.
+
+    Export pages are index-only scans of the segment index; without this, every row a
+    refresh wrote would be read from the table until autovacuum got there (on this
+    project's own PostgreSQL, autovacuum may be off altogether).
+    """
+    await db.vacuum(t.member_scores.name)
 
 
 class SegmentRepository(_Repository):

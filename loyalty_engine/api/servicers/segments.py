@@ -19,7 +19,7 @@ from loyalty_engine.domain.names import member_name, parse_child, parse_member, 
 from loyalty_engine.gen.loyalty.v1 import segment_service_pb2 as pb
 from loyalty_engine.gen.loyalty.v1 import segment_service_pb2_grpc as pb_grpc
 from loyalty_engine.services import segments as svc
-from loyalty_engine.storage.segments import SegmentPage
+from loyalty_engine.storage.segments import SegmentPage, settle_scores
 
 Ctx: TypeAlias = grpc.aio.ServicerContext[Any, Any]
 
@@ -47,7 +47,7 @@ class SegmentServicer(pb_grpc.SegmentServiceServicer):
             set_timestamp(reply.compute_time, now)
             return reply
 
-        return await exactly_once(
+        reply = await exactly_once(
             self.app,
             method="RefreshSegments",
             request=request,
@@ -58,6 +58,8 @@ class SegmentServicer(pb_grpc.SegmentServiceServicer):
             encode=encode,
             response_type=pb.RefreshSegmentsResponse,
         )
+        await settle_scores(self.app.db)
+        return reply
 
     @grpc_method
     async def ListSegments(
