@@ -28,6 +28,16 @@ async def _refresh(scenario, program: str) -> int:
     return reply.members_scored
 
 
+async def _refreshed_segment_of(scenario, program: str, size: int) -> str:
+    """Refresh the program's scores; the name of its one segment with `size` members."""
+    await _refresh(scenario, program)
+    listed = await _stub(scenario).ListSegments(
+        sp.ListSegmentsRequest(parent=f"programs/{program}")
+    )
+    (segment,) = [s.name for s in listed.segments if s.member_count == size]
+    return segment
+
+
 async def test_rfm_scores_and_segments_on_a_hand_checked_set(scenario, clock) -> None:
     program = await scenario.program(latePurchaseWindowDays=3650)
     now = clock.now
@@ -181,11 +191,7 @@ async def test_segment_export_in_pages_matches_the_export_by_member(scenario, cl
     # Seven members who bought alike land in one segment (ties share their scores).
     for _ in range(7):
         await scenario.purchase(await scenario.member(program), 2_000)
-    await _refresh(scenario, program)
-    listed = await _stub(scenario).ListSegments(
-        sp.ListSegmentsRequest(parent=f"programs/{program}")
-    )
-    (segment,) = [s.name for s in listed.segments if s.member_count == 7]
+    segment = await _refreshed_segment_of(scenario, program, 7)
 
     def export(page_size: int):
         return _stub(scenario).ListSegmentMembers(
@@ -219,11 +225,7 @@ async def test_an_export_cancelled_midway_gives_back_its_connection(scenario, ap
     program = await scenario.program()
     for _ in range(6):
         await scenario.purchase(await scenario.member(program), 2_000)
-    await _refresh(scenario, program)
-    listed = await _stub(scenario).ListSegments(
-        sp.ListSegmentsRequest(parent=f"programs/{program}")
-    )
-    (segment,) = [s.name for s in listed.segments if s.member_count == 6]
+    segment = await _refreshed_segment_of(scenario, program, 6)
     request = sp.ListSegmentMembersRequest(segment=segment, page_size=1)
 
     call = _stub(scenario).ListSegmentMembers(request)

@@ -8,27 +8,18 @@ this project's own PostgreSQL).
 from __future__ import annotations
 
 from datetime import timedelta
-from typing import Any
 
 import sqlalchemy as sa
 
-from loyalty_engine.api.servicers.members import MemberServicer
-from loyalty_engine.api.servicers.programs import ProgramServicer
 from loyalty_engine.api.servicers.segments import SegmentServicer
 from loyalty_engine.bootstrap import build_app
 from loyalty_engine.config import load_settings
-from loyalty_engine.gen.loyalty.v1 import member_service_pb2 as mp
-from loyalty_engine.gen.loyalty.v1 import program_service_pb2 as pp
 from loyalty_engine.gen.loyalty.v1 import segment_service_pb2 as sp
 from loyalty_engine.storage import schema as t
 from loyalty_engine.storage.migrate import upgrade
 from loyalty_engine.storage.segments import _compiled_for
 from tests.conftest import FakeClock, uid
-
-
-def call(method: Any, servicer: Any, request: Any) -> Any:
-    """A servicer method below the transport (no context, no auth)."""
-    return method.__wrapped__(servicer, request, None)
+from tests.integration.buyers import call, program_with_buyers
 
 
 async def test_an_export_page_after_a_refresh_reads_no_table_rows(postgres_url: str) -> None:
@@ -36,39 +27,10 @@ async def test_an_export_page_after_a_refresh_reads_no_table_rows(postgres_url: 
     app = build_app(load_settings(database_url=postgres_url, plaintext=True), clock=clock)
     try:
         await upgrade(app.db)
-        program_id = uid("p")
-        await call(
-            ProgramServicer.CreateProgram,
-            ProgramServicer(app),
-            pp.CreateProgramRequest(
-                request_id=uid("r"),
-                program_id=program_id,
-                program=pp.Program(display_name="Export", currency_code="EUR"),
-            ),
+        program_id, _ = await program_with_buyers(
+            app,
+            [(clock.now - timedelta(days=i), 1 + i % 7, 1_000 * (1 + i % 5)) for i in range(40)],
         )
-        a = t.member_accounts
-        for i in range(40):
-            reply = await call(
-                MemberServicer.EnrollMember,
-                MemberServicer(app),
-                mp.EnrollMemberRequest(
-                    request_id=uid("r"),
-                    parent=f"programs/{program_id}",
-                    member=mp.Member(external_id=uid("ext")),
-                ),
-            )
-            member_id = reply.member.name.rsplit("/", 1)[1]
-            async with app.db.unit_of_work() as uow:
-                await uow.connection.execute(
-                    a.update()
-                    .where(a.c.program_id == program_id, a.c.member_id == member_id)
-                    .values(
-                        last_purchase_time=clock.now - timedelta(days=i),
-                        order_count=1 + i % 7,
-                        total_spend_minor=1_000 * (1 + i % 5),
-                    )
-                )
-                await uow.commit()
         servicer = SegmentServicer(app)
         for _ in range(2):  # the first refresh inserts the scores, the second rewrites some
             await call(

@@ -17,17 +17,14 @@ import sqlalchemy as sa
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from loyalty_engine.api.servicers.members import MemberServicer
-from loyalty_engine.api.servicers.programs import ProgramServicer
 from loyalty_engine.bootstrap import build_app
 from loyalty_engine.config import load_settings
 from loyalty_engine.domain.segments import quintile, segment_for
-from loyalty_engine.gen.loyalty.v1 import member_service_pb2 as mp
-from loyalty_engine.gen.loyalty.v1 import program_service_pb2 as pp
 from loyalty_engine.services.segments import refresh_segments
 from loyalty_engine.storage import schema as t
 from loyalty_engine.storage.migrate import upgrade
-from tests.conftest import FakeClock, uid
+from tests.conftest import FakeClock
+from tests.integration.buyers import program_with_buyers
 
 _migrated: set[str] = set()
 
@@ -42,11 +39,6 @@ stats = st.lists(
 )
 
 
-def call(method: Any, servicer: Any, request: Any) -> Any:
-    """A servicer method below the transport (no context, no auth)."""
-    return method.__wrapped__(servicer, request, None)
-
-
 def lower(values: list[Any], value: Any) -> int:
     return sum(1 for v in values if v < value)
 
@@ -58,46 +50,13 @@ async def _run(url: str, rows: list[tuple[int, int, int] | None]) -> None:
         if url not in _migrated:
             await upgrade(app.db)
             _migrated.add(url)
-        program_id = uid("p")
-        await call(
-            ProgramServicer.CreateProgram,
-            ProgramServicer(app),
-            pp.CreateProgramRequest(
-                request_id=uid("r"),
-                program_id=program_id,
-                program=pp.Program(display_name="Scores", currency_code="EUR"),
-            ),
+        program_id, members = await program_with_buyers(
+            app,
+            [
+                None if row is None else (clock.now - timedelta(days=row[0]), row[1], row[2])
+                for row in rows
+            ],
         )
-        members = []
-        for _ in rows:
-            reply = await call(
-                MemberServicer.EnrollMember,
-                MemberServicer(app),
-                mp.EnrollMemberRequest(
-                    request_id=uid("r"),
-                    parent=f"programs/{program_id}",
-                    member=mp.Member(external_id=uid("ext")),
-                ),
-            )
-            members.append(reply.member.name.rsplit("/", 1)[1])
-
-        a = t.member_accounts
-        async with app.db.unit_of_work() as uow:
-            for member_id, row in zip(members, rows, strict=True):
-                if row is None:
-                    continue
-                days_ago, orders, spend = row
-                await uow.connection.execute(
-                    a.update()
-                    .where(a.c.program_id == program_id, a.c.member_id == member_id)
-                    .values(
-                        first_purchase_time=clock.now - timedelta(days=400),
-                        last_purchase_time=clock.now - timedelta(days=days_ago),
-                        order_count=orders,
-                        total_spend_minor=spend,
-                    )
-                )
-            await uow.commit()
         async with app.db.unit_of_work() as uow:
             scored = await refresh_segments(uow, program_id, clock.now)
             await uow.commit()
