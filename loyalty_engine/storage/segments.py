@@ -258,7 +258,7 @@ def _top_statement(column: str) -> sa.TextClause:
     members lie above a cut it cannot know in advance.
     """
     s = f"SELECT member_id, {column} AS value FROM member_scores WHERE program_id = :program_id"
-    ranked = f"{s} AND {column} > 0"
+    ranked = f"{s} AND {column} > {RANKS}"  # the partial index's own condition
     return sa.text(
         f"""
 WITH head AS ({ranked} ORDER BY {column} DESC LIMIT :limit)

@@ -32,6 +32,7 @@ from loyalty_engine.gen.loyalty.v1 import points_service_pb2 as ps
 from loyalty_engine.gen.loyalty.v1 import program_service_pb2 as pp
 from loyalty_engine.storage.migrate import upgrade
 from tests.conftest import FakeClock, Scenario, uid
+from tests.integration.buyers import call
 
 MEMBERS = 3
 _migrated: set[str] = set()
@@ -75,11 +76,6 @@ writes = st.lists(
     min_size=1,
     max_size=24,
 )
-
-
-def call(method: Any, servicer: Any, request: Any) -> Any:
-    """A servicer method below the transport (no context, no auth)."""
-    return method.__wrapped__(servicer, request, None)
 
 
 async def _run(url: str, ops: list[Buy | Adjust | Retry]) -> None:
