@@ -151,7 +151,7 @@ async def _maintenance_loop(app: App) -> None:
     """Periodically release pending points, expire points and review tiers for every program."""
     from loyalty_engine.services.maintenance import run_maintenance
     from loyalty_engine.services.segments import refresh_segments
-    from loyalty_engine.storage.segments import settle_scores
+    from loyalty_engine.storage.segments import vacuumed_around
 
     interval = app.settings.maintenance_interval_seconds
     while True:
@@ -162,10 +162,9 @@ async def _maintenance_loop(app: App) -> None:
             for program_id in program_ids:
                 report = await run_maintenance(app.db.unit_of_work, program_id, app.clock())
                 app.telemetry.points_expired.inc(report.points_expired)
-                async with app.db.unit_of_work() as uow:
+                async with vacuumed_around(app.db), app.db.unit_of_work() as uow:
                     await refresh_segments(uow, program_id, app.clock())
                     await uow.commit()
-                await settle_scores(app.db)
                 await _daily_rules(app, program_id)
                 if report.members_changed:
                     log.info("maintenance %s: %s", program_id, report)
@@ -452,16 +451,15 @@ async def _segments(settings: Settings, args: argparse.Namespace, out: TextIO) -
     import csv
 
     from loyalty_engine.services.segments import refresh_segments, segment_members
-    from loyalty_engine.storage.segments import settle_scores
+    from loyalty_engine.storage.segments import vacuumed_around
 
     app = build_app(settings)
     try:
         await _ensure_schema(app, migrate=False)
         if args.segments_command == "refresh":
-            async with app.db.unit_of_work() as uow:
+            async with vacuumed_around(app.db), app.db.unit_of_work() as uow:
                 count = await refresh_segments(uow, args.program, app.clock())
                 await uow.commit()
-            await settle_scores(app.db)
             print(f"scored {count:,} members")
             return
         writer = csv.writer(out)

@@ -19,7 +19,7 @@ from loyalty_engine.domain.names import member_name, parse_child, parse_member, 
 from loyalty_engine.gen.loyalty.v1 import segment_service_pb2 as pb
 from loyalty_engine.gen.loyalty.v1 import segment_service_pb2_grpc as pb_grpc
 from loyalty_engine.services import segments as svc
-from loyalty_engine.storage.segments import SegmentPage, settle_scores
+from loyalty_engine.storage.segments import SegmentPage, vacuumed_around
 
 Ctx: TypeAlias = grpc.aio.ServicerContext[Any, Any]
 
@@ -47,19 +47,18 @@ class SegmentServicer(pb_grpc.SegmentServiceServicer):
             set_timestamp(reply.compute_time, now)
             return reply
 
-        reply = await exactly_once(
-            self.app,
-            method="RefreshSegments",
-            request=request,
-            request_id=request.request_id,
-            program_id=program_id,
-            member_id="",
-            work=lambda uow: svc.refresh_segments(uow, program_id, now),
-            encode=encode,
-            response_type=pb.RefreshSegmentsResponse,
-        )
-        await settle_scores(self.app.db)
-        return reply
+        async with vacuumed_around(self.app.db):
+            return await exactly_once(
+                self.app,
+                method="RefreshSegments",
+                request=request,
+                request_id=request.request_id,
+                program_id=program_id,
+                member_id="",
+                work=lambda uow: svc.refresh_segments(uow, program_id, now),
+                encode=encode,
+                response_type=pb.RefreshSegmentsResponse,
+            )
 
     @grpc_method
     async def ListSegments(
