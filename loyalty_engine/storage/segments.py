@@ -52,14 +52,13 @@ _SCORED = (
 # One set-based pass. Recency, frequency, monetary value and the all-time sums come from
 # the statistics every purchase and return keeps current on the member's account row (one
 # row per member, not one per purchase); only the 90-day and 12-month sums read purchases.
-# Then the quintiles (ties share a score), then the
-# segment.
+# Then the quintiles (ties share a score), then the segment.
 #
 # On PostgreSQL the 12-month sums read the purchases-by-member index, which carries the
 # amounts (migration 0008), in member order: an index-only scan into a GroupAggregate, one
 # member's sums in memory at a time. Hash-aggregating the same rows (what the planner picks
-# by its costs) builds a table of some 700,000 members at 500 bytes each and took 5 s at
-# 10M purchases instead of 2. The index scan reads the program's purchases of all time,
+# by its costs) builds a table of some 700,000 members at 500 bytes each: at 10M purchases,
+# 5.1 s instead of 2.3 s for the sums alone. The index scan reads the program's purchases of all time,
 # though only the last 12 months pass its filter.
 #
 # Orders count net of orders returned in full, spend net of returns, points net of
