@@ -58,8 +58,8 @@ _SCORED = (
 # amounts (migration 0008), in member order: an index-only scan into a GroupAggregate, one
 # member's sums in memory at a time. Hash-aggregating the same rows (what the planner picks
 # by its costs) builds a table of some 700,000 members at 500 bytes each: at 10M purchases
-# the refresh's statement took 11.1 s with it and 7.6 s without. The index scan reads the program's purchases of all time,
-# though only the last 12 months pass its filter.
+# the refresh's statement took 11.1 s with it and 7.6 s without. The index scan reads the
+# program's purchases of all time, though only the last 12 months pass its filter.
 #
 # Orders count net of orders returned in full, spend net of returns, points net of
 # reversals.
@@ -113,8 +113,12 @@ _SCORED_BY_CUTS = f"""sorted AS MATERIALIZED (
 )"""
 
 
-# An order counts unless it was returned in full (an order of 0 counts as bought).
-_KEPT = "(returned_minor < total_minor OR total_minor = 0)"
+# An order counts unless it was returned in full (an order of 0 counts as bought); the
+# same condition as SQL text, for the refresh's statement.
+_kept = sa.or_(
+    t.purchases.c.returned_minor < t.purchases.c.total_minor, t.purchases.c.total_minor == 0
+)
+_KEPT = f"({_kept.compile(compile_kwargs={'literal_binds': True})})"
 
 
 def _scores_sql(dialect: str) -> str:
@@ -255,9 +259,6 @@ class SegmentPage:
         )
 
 
-_kept = sa.or_(
-    t.purchases.c.returned_minor < t.purchases.c.total_minor, t.purchases.c.total_minor == 0
-)
 # Net spend and orders of a page of members since a time (built once, bound per call).
 _window_stats_of = (
     sa.select(
